@@ -1,0 +1,2 @@
+//! Placeholder until the core benchmarks land.
+fn main() {}

@@ -1,0 +1,1 @@
+//! Load generator and mock destinations for the events router (black-box, over HTTP).

@@ -1,0 +1,2 @@
+//! The `events-router` binary.
+fn main() {}

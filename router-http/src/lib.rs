@@ -1,0 +1,1 @@
+//! HTTP ingestion server of the events router.

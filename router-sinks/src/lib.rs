@@ -1,0 +1,1 @@
+//! Delivery side of the events router: the durable buffer (log) and the destination sinks.
