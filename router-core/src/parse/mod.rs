@@ -154,6 +154,15 @@ impl Parser {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(RequestError::field_error("$", "body is empty"));
         }
+        // Envelope and batch add two levels above an event. Refusing absurd nesting before the
+        // DOM is built keeps hostile bodies from exhausting the stack in recursive code.
+        let max = self.limits.max_depth + 2;
+        if nesting_depth(body) > max {
+            return Err(RequestError::field_error(
+                "$",
+                format!("JSON is nested deeper than {max} levels"),
+            ));
+        }
         Ok(())
     }
 
@@ -169,6 +178,33 @@ impl Parser {
         }
         Ok(())
     }
+}
+
+/// The deepest nesting of `[` and `{` outside strings (a byte scan, no parsing).
+pub fn nesting_depth(body: &[u8]) -> usize {
+    let (mut depth, mut max, mut in_str, mut esc) = (0usize, 0usize, false, false);
+    for &b in body {
+        if in_str {
+            if esc {
+                esc = false;
+            } else if b == b'\\' {
+                esc = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
 }
 
 /// Parses JSON with simd-json into a borrowed DOM, mapping errors to [`RequestError`].
