@@ -1,1 +1,3 @@
 //! Delivery side of the events router: the durable buffer (log) and the destination sinks.
+
+pub mod buffer;
