@@ -450,6 +450,24 @@ impl Router {
         }
     }
 
+    /// Every rule with whether it matched `e`, in table order (for `route --explain`).
+    pub fn explain(&self, e: &Event) -> Vec<(&str, bool)> {
+        let named = self.by_name.get(e.name.as_str()).copied().unwrap_or(0);
+        self.rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let bit = 1u128 << i;
+                let name_ok = (self.unnamed | named) & bit != 0
+                    || self
+                        .patterns
+                        .iter()
+                        .any(|(j, p)| *j == i && p.is_match(&e.name));
+                (r.name.as_str(), name_ok && r.properties_match(e))
+            })
+            .collect()
+    }
+
     /// All destination names, indexed as in [`DestSet`].
     pub fn destinations(&self) -> &[String] {
         &self.destinations

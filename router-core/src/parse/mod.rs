@@ -207,11 +207,28 @@ pub fn nesting_depth(body: &[u8]) -> usize {
     max
 }
 
+/// `ExpectedObjectContent` -> `expected object content` (simd-json's error names read as words).
+fn words(debug: &str) -> String {
+    let name = debug.split(['(', ' ', '{']).next().unwrap_or(debug);
+    let mut out = String::with_capacity(name.len() + 8);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    if out == "eof" || out == "e o f" {
+        "unexpected end of input".into()
+    } else {
+        out
+    }
+}
+
 /// Parses JSON with simd-json into a borrowed DOM, mapping errors to [`RequestError`].
 fn parse_json(body: &mut [u8]) -> Result<BorrowedValue<'_>, RequestError> {
     simd_json::to_borrowed_value(body).map_err(|e| RequestError::InvalidJson {
         offset: e.index(),
-        reason: format!("{:?}", e.error()),
+        reason: words(&format!("{:?}", e.error())),
     })
 }
 
