@@ -26,6 +26,7 @@ pub mod event;
 pub mod map;
 pub mod parse;
 pub mod routing;
+pub mod stored;
 pub mod time;
 
 pub use config::{CoreConfig, Limits};
