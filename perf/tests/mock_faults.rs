@@ -84,17 +84,33 @@ async fn retry_after_with_and_without() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn timed_fault_ends_by_itself() {
     let mock = start().await;
+    // No client timeout: with a paused clock, tokio may jump to a client timer while the
+    // runtime waits on the socket.
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("{}/batch/", mock.posthog_url());
+    let body = ph_batch(&mock.config().posthog.api_key, [1]).to_string();
+    let send = || async {
+        c.post(&url)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
     mock.inject(
         Destination::Posthog,
-        Fault::status(503).for_duration(Duration::from_millis(300)),
+        Fault::status(503).for_duration(Duration::from_secs(10)),
     );
-    assert_eq!(status_of(send_batch(&mock, 0..1).await).await, 503);
-    assert_eq!(status_of(send_batch(&mock, 0..1).await).await, 503);
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(status_of(send_batch(&mock, 0..1).await).await, 200);
+    assert_eq!(send().await, 503);
+    tokio::time::advance(Duration::from_secs(9)).await;
+    assert_eq!(send().await, 503);
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(send().await, 200);
+    assert!(mock.pending_faults().is_empty());
 }
 
 #[tokio::test]
@@ -246,7 +262,7 @@ async fn timed_hang_releases_by_itself() {
     let result = send_import(&mock, &json!([mp_event(1)])).await;
     assert!(result.is_err(), "{result:?}");
     let waited = started.elapsed();
-    assert!(waited >= Duration::from_millis(350), "{waited:?}");
+    assert!(waited >= Duration::from_millis(400), "{waited:?}");
     assert!(waited < Duration::from_secs(5), "{waited:?}");
     assert_eq!(
         status_of(send_import(&mock, &json!([mp_event(1)])).await).await,
@@ -304,8 +320,8 @@ async fn route_filter() {
 #[tokio::test]
 async fn latency_applies_to_every_request() {
     let mock = start().await;
-    mock.set_latency(Duration::from_millis(200));
-    assert_eq!(mock.latency(), Duration::from_millis(200));
+    mock.set_latency(Duration::from_millis(500));
+    assert_eq!(mock.latency(), Duration::from_millis(500));
     let started = Instant::now();
     assert_eq!(status_of(send_batch(&mock, 0..1).await).await, 200);
     assert_eq!(
@@ -320,7 +336,11 @@ async fn latency_applies_to_every_request() {
     mock.set_latency(Duration::ZERO);
     let started = Instant::now();
     assert_eq!(status_of(send_batch(&mock, 1..2).await).await, 200);
-    assert!(started.elapsed() < Duration::from_millis(200));
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -498,4 +518,29 @@ async fn shutdown_closes_the_ports() {
         .send()
         .await;
     assert!(result.is_err(), "{result:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn timed_faults_and_latency_follow_paused_tokio_time() {
+    let mock = start().await;
+    // No client timeout: with a paused clock a client timer could fire while the runtime
+    // waits on the socket.
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("{}/batch/", mock.posthog_url());
+    let body = ph_batch(&mock.config().posthog.api_key, [1]).to_string();
+    mock.inject(
+        Destination::Posthog,
+        Fault::status(503).for_duration(Duration::from_secs(60)),
+    );
+    let resp = c.post(&url).body(body.clone()).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    tokio::time::advance(Duration::from_secs(61)).await;
+    mock.set_latency(Duration::from_secs(30));
+    let started = tokio::time::Instant::now();
+    let resp = c.post(&url).body(body).send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(
+        started.elapsed() >= Duration::from_secs(30),
+        "latency sleeps on tokio time"
+    );
 }
