@@ -627,3 +627,42 @@ async fn track_events() {
     assert_eq!(body, "0", "/track takes only the last 5 days");
     assert_eq!(mock.mixpanel_track(), vec![ev]);
 }
+
+#[tokio::test]
+async fn update_item_limit_methods_and_unknown_routes() {
+    let mock = start().await;
+    let t = token(&mock);
+    let many: Vec<Value> = (0..2001)
+        .map(|i| json!({"$token": t, "$distinct_id": format!("u{i}"), "$set": {"n": i}}))
+        .collect();
+    let (status, _) = post_text(
+        &mock,
+        "/engage",
+        "application/json",
+        Value::Array(many).to_string(),
+    )
+    .await;
+    assert_eq!(status, 413);
+    let resp = client()
+        .get(format!("{}/import", mock.mixpanel_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+    let (status, _) = post_text(&mock, "/batch/", "application/json", "[]".into()).await;
+    assert_eq!(status, 404, "PostHog routes are not Mixpanel routes");
+    // /track takes gzip.
+    let ev =
+        json!({"event": "x", "properties": {"token": t, "distinct_id": "u1", "$insert_id": "t-1"}});
+    let resp = client()
+        .post(format!("{}/track", mock.mixpanel_url()))
+        .header("content-encoding", "gzip")
+        .body(gz(json!([ev]).to_string().as_bytes()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status_text(resp).await, (200, "1".to_owned()));
+    let stats = mock.stats().mixpanel;
+    assert_eq!(stats.requests_by_status.get(&404), Some(&1));
+    assert_eq!(stats.events_accepted, 1);
+}

@@ -172,7 +172,11 @@ pub(crate) fn too_large(cfg: &MixpanelConfig, endpoint: Endpoint) -> Outcome {
 }
 
 /// The usual Mixpanel body for an injected status.
-pub(crate) fn fault_body(endpoint: Endpoint, status: u16) -> (&'static str, String) {
+pub(crate) fn fault_body(
+    cfg: &MixpanelConfig,
+    endpoint: Endpoint,
+    status: u16,
+) -> (&'static str, String) {
     let json = |v: Value| ("application/json", v.to_string());
     match (endpoint, status) {
         (Endpoint::MixpanelImport, 200..=299) => {
@@ -183,9 +187,16 @@ pub(crate) fn fault_body(endpoint: Endpoint, status: u16) -> (&'static str, Stri
             json(json!({"code": 401, "error": "Invalid credentials", "status": "Unauthorized"}))
         }
         (_, 401 | 403) => json(json!({"error": "Invalid credentials", "status": "error"})),
-        (_, 413) => json(
-            json!({"code": 413, "error": "request exceeds max limit of 2097152 bytes", "status": reason(413)}),
-        ),
+        (_, 413) => {
+            let limit = match endpoint {
+                Endpoint::MixpanelImport => cfg.max_import_bytes,
+                _ => cfg.max_body_bytes,
+            };
+            json(
+                json!({"code": 413, "error": format!("request exceeds max limit of {limit} bytes"),
+                        "status": reason(413)}),
+            )
+        }
         (_, 429) => json(json!({"code": 429,
             "error": "Project exceeded rate limits. Please retry the request with exponential backoff.",
             "status": reason(429)})),

@@ -577,10 +577,13 @@ async fn handle(
             } => {
                 let (content_type, default_body) = match destination {
                     Destination::Posthog => ("application/json", posthog::fault_body(status)),
-                    Destination::Mixpanel => mixpanel::fault_body(endpoint, status),
+                    Destination::Mixpanel => mixpanel::fault_body(&cfg.mixpanel, endpoint, status),
                 };
                 let (content_type, text) = match custom {
-                    Some(text) if serde_json::from_str::<Value>(&text).is_ok() => {
+                    Some(text)
+                        if text.trim_start().starts_with(['{', '['])
+                            && serde_json::from_str::<Value>(&text).is_ok() =>
+                    {
                         ("application/json", text)
                     }
                     Some(text) => ("text/plain", text),
