@@ -83,6 +83,66 @@ fn benches(c: &mut Criterion) {
     });
     g.finish();
 
+    // The stages on their own, to see where the pipeline's time goes.
+    let mut g = c.benchmark_group("stage");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("parse", |b| {
+        b.iter_batched_ref(
+            || EVENT.as_bytes().to_vec(),
+            |body| {
+                black_box(
+                    p.parser()
+                        .parse_collect(
+                            body,
+                            &mut Ingest {
+                                received_at: now(),
+                                ids: &mut ids,
+                            },
+                        )
+                        .unwrap(),
+                )
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    let mut body = EVENT.as_bytes().to_vec();
+    let parsed = p
+        .parser()
+        .parse_collect(
+            &mut body,
+            &mut Ingest {
+                received_at: now(),
+                ids: &mut ids,
+            },
+        )
+        .unwrap();
+    let ev = parsed.accepted().next().unwrap().clone();
+    g.bench_function("map_posthog", |b| {
+        b.iter(|| {
+            out.clear();
+            posthog_record(black_box(&ev), p.posthog()).write_json(&mut out);
+        })
+    });
+    let mut mp = Vec::new();
+    g.bench_function("map_mixpanel", |b| {
+        b.iter(|| {
+            out.clear();
+            mixpanel_records(black_box(&ev), p.mixpanel(), &mut mp);
+            for r in mp.drain(..) {
+                r.record.write_json(&mut out);
+            }
+        })
+    });
+    g.bench_function("stored_encode", |b| {
+        b.iter(|| {
+            black_box(router_core::stored::encode(
+                black_box(&ev),
+                &["mixpanel", "posthog"],
+            ))
+        })
+    });
+    g.finish();
+
     let mut body = EVENT.as_bytes().to_vec();
     let parsed = p
         .parser()

@@ -155,9 +155,11 @@ impl Parser {
             return Err(RequestError::field_error("$", "body is empty"));
         }
         // Envelope and batch add two levels above an event. Refusing absurd nesting before the
-        // DOM is built keeps hostile bodies from exhausting the stack in recursive code.
+        // DOM is built keeps hostile bodies from exhausting the stack in recursive code. A body
+        // under SCAN_FROM bytes cannot nest deep enough to matter (each level costs a byte), and
+        // the per-event depth cap still applies to it, so small bodies skip the scan.
         let max = self.limits.max_depth + 2;
-        if nesting_depth(body) > max {
+        if body.len() >= SCAN_FROM && nesting_depth(body) > max {
             return Err(RequestError::field_error(
                 "$",
                 format!("JSON is nested deeper than {max} levels"),
@@ -179,6 +181,9 @@ impl Parser {
         Ok(())
     }
 }
+
+/// Bodies from this size on are scanned for nesting depth before parsing.
+const SCAN_FROM: usize = 512;
 
 /// The deepest nesting of `[` and `{` outside strings (a byte scan, no parsing).
 pub fn nesting_depth(body: &[u8]) -> usize {
