@@ -79,6 +79,9 @@ pub(crate) struct Shared {
     pub closing: AtomicBool,
     /// The writer thread has stopped.
     pub writer_stopped: AtomicBool,
+    /// `close` finished and released the directory lock: nothing may write to it any more
+    /// (another `Log` may own it now).
+    pub released: AtomicBool,
     pub poisoned: OnceLock<String>,
     pub notify: Notify,
     pub dests: Vec<Destination>,
@@ -166,6 +169,9 @@ impl Drop for Inner {
     fn drop(&mut self) {
         #[cfg(test)]
         if self.shared.crashed.load(Ordering::Acquire) {
+            return;
+        }
+        if self.shared.released.load(Ordering::Acquire) {
             return;
         }
         // Best-effort clean shutdown when `close` was not called.
@@ -418,6 +424,7 @@ impl Log {
             bytes_on_disk: AtomicU64::new(bytes_on_disk),
             closing: AtomicBool::new(false),
             writer_stopped: AtomicBool::new(false),
+            released: AtomicBool::new(false),
             poisoned: OnceLock::new(),
             notify: Notify::new(),
             dests,
@@ -652,6 +659,9 @@ impl Log {
     /// read everything. Other clones of this handle get `Closed` from now on.
     pub async fn close(&self) -> Result<(), BufferError> {
         let sh = self.inner.shared.clone();
+        if sh.released.load(Ordering::Acquire) {
+            return Ok(());
+        }
         sh.closing.store(true, Ordering::Release);
         let (reply, rx) = oneshot::channel();
         let synced = match self.inner.tx.send(Request::Close { reply }) {
@@ -672,6 +682,11 @@ impl Log {
         })
         .await
         .map_err(|e| BufferError::Poisoned(format!("close task failed: {e}")))?;
+        {
+            // No cursor flush may run once the lock is released.
+            let _g = lock(&self.inner.shared.flush_lock);
+            self.inner.shared.released.store(true, Ordering::Release);
+        }
         lock(&self.inner.lock_file).take();
         self.inner.shared.notify.notify_waiters();
         synced?;
@@ -727,6 +742,9 @@ pub(crate) fn flush_cursors(sh: &Shared) -> Result<(), BufferError> {
         return Ok(());
     }
     let _g = lock(&sh.flush_lock);
+    if sh.released.load(Ordering::Acquire) {
+        return Err(BufferError::Closed);
+    }
     let durable_next = sh.durable_next_seq.load(Ordering::Acquire);
     for d in &sh.dests {
         let v = d.acked.load(Ordering::Acquire).min(durable_next);

@@ -84,6 +84,11 @@ async fn append_read_ack_reopen() {
         log.append(recs("z", 1)).await,
         Err(BufferError::Closed)
     ));
+    log.close().await.unwrap();
+    assert!(matches!(
+        log.flush_cursors().await,
+        Err(BufferError::Closed)
+    ));
 
     let (log, report) = Log::open(small_config(dir.path())).unwrap();
     assert!(report.is_clean(), "{report:?}");
