@@ -43,11 +43,30 @@ enum Command {
         /// Input file; stdin when absent or `-`.
         input: Option<PathBuf>,
     },
+    /// Inspect the durable buffer (read-only; safe while the router runs).
+    Buffer {
+        #[command(subcommand)]
+        command: BufferCommand,
+    },
     /// Validate a config file and print the effective routing table.
     Check {
         /// Config file (TOML); the embedded defaults when absent.
         #[arg(long, env = "ROUTER_CONFIG")]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BufferCommand {
+    /// Segments, sizes, per-destination cursor and backlog, oldest unacknowledged age, corrupt
+    /// records found. Reads only; never truncates or locks the log.
+    Inspect {
+        /// Data directory (the buffer is its `buffer/` folder).
+        #[arg(long, env = "ROUTER_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -95,6 +114,23 @@ fn main() -> ExitCode {
             .map(|_| ())
             .map_err(|e| e.to_string())
         })(),
+        Command::Buffer {
+            command: BufferCommand::Inspect { data_dir, json },
+        } => {
+            let dir = data_dir.join("buffer");
+            router_sinks::buffer::inspect(&dir)
+                .map_err(|e| format!("cannot inspect {}: {e}", dir.display()))
+                .map(|report| {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&report).unwrap_or_default()
+                        );
+                    } else {
+                        println!("{report}");
+                    }
+                })
+        }
         Command::Check { config } => load(config.as_ref()).map(|(c, p)| {
             println!(
                 "config ok ({})",

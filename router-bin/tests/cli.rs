@@ -215,3 +215,25 @@ fn example_router_toml_reproduces_the_default_table() {
     assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
     assert_eq!(a.stdout, b.stdout);
 }
+
+#[test]
+fn buffer_inspect_reads_an_empty_log_and_names_a_missing_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("buffer")).unwrap();
+    let o = run(
+        &[
+            "buffer",
+            "inspect",
+            "--json",
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["total_records"], 0);
+    let o = run(&["buffer", "inspect", "--data-dir", "/nonexistent-dir"], "");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot inspect /nonexistent-dir/buffer"));
+}
