@@ -31,7 +31,7 @@ fn config(dir: &Path) -> LogConfig {
         max_total_bytes: 512 * 1024 * 1024,
         sync: SyncPolicy::Always,
         destinations: vec!["a".into()],
-        cursor_flush_interval_ms: 200,
+        cursor_flush_interval_ms: 50,
     }
 }
 
@@ -54,7 +54,7 @@ fn crash_child() {
             writeln!(out, "READY").unwrap();
         }
         let mut tasks = Vec::new();
-        // A slow consumer: reads, waits, acknowledges (cursor flushes every 200 ms delete
+        // A slow consumer: reads, waits, acknowledges (cursor flushes every 50 ms delete
         // the segments it passed).
         let mut reader = log.reader("a").unwrap();
         tasks.push(tokio::spawn(async move {
@@ -166,7 +166,7 @@ fn sigkill_never_loses_an_acknowledged_append() {
             !round_acks.is_empty(),
             "child made no progress in round {round}"
         );
-        std::thread::sleep(Duration::from_millis(20 + rnd(400)));
+        std::thread::sleep(Duration::from_millis(100 + rnd(400)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         lines.join().unwrap();

@@ -90,7 +90,8 @@ pub struct LogConfig {
     /// this (a single record larger than a segment is refused).
     pub segment_max_bytes: u64,
     /// Cap on the bytes of all segments; appends beyond it fail with `BufferError::Full`.
-    /// Must be at least twice `segment_max_bytes`.
+    /// Must be at least twice `segment_max_bytes`. `Log::open` refuses a cap larger than twice
+    /// the free disk space plus what the log already uses, and warns when it is merely larger.
     pub max_total_bytes: u64,
     /// When to `fdatasync` (default: `always`, group commit).
     pub sync: SyncPolicy,

@@ -452,6 +452,8 @@ impl Log {
             next_seq,
             buf: Vec::with_capacity(256 * 1024),
             last_sync: Instant::now(),
+            // The first frame appended after open gets an entry (the scan indexed the rest).
+            next_index_at: written_len,
         };
         let writer = std::thread::Builder::new()
             .name("buffer-writer".into())

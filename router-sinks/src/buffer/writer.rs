@@ -28,7 +28,7 @@ use super::config::SyncPolicy;
 use super::error::{BufferError, IoContext};
 use super::frame::{encode_frame, frame_len};
 use super::log::Shared;
-use super::segment::{IndexEntry, SegmentMeta, segment_file_name, sync_dir};
+use super::segment::{INDEX_EVERY_BYTES, IndexEntry, SegmentMeta, segment_file_name, sync_dir};
 
 /// Stop draining the queue into one group past this many bytes.
 const MAX_GROUP_BYTES: u64 = 16 * 1024 * 1024;
@@ -80,6 +80,8 @@ pub(crate) struct Writer {
     pub next_seq: u64,
     pub buf: Vec<u8>,
     pub last_sync: Instant,
+    /// Offset from which the next frame gets an index entry.
+    pub next_index_at: u64,
 }
 
 /// An append of the current group, waiting for its answer.
@@ -243,11 +245,14 @@ impl Writer {
                             break;
                         }
                         let offset = self.written_len + self.buf.len() as u64;
-                        self.seg.maybe_index(IndexEntry {
-                            seq: self.next_seq,
-                            offset,
-                            append_ms,
-                        });
+                        if offset >= self.next_index_at {
+                            self.seg.maybe_index(IndexEntry {
+                                seq: self.next_seq,
+                                offset,
+                                append_ms,
+                            });
+                            self.next_index_at = offset + INDEX_EVERY_BYTES;
+                        }
                         encode_frame(&mut self.buf, self.next_seq, append_ms, rec);
                         self.next_seq += 1;
                     }
@@ -437,6 +442,7 @@ impl Writer {
         self.seg = seg;
         self.written_len = 0;
         self.synced_len = 0;
+        self.next_index_at = 0;
         *rolled = true;
         tracing::debug!(base, "Buffer segment created.");
         Ok(())

@@ -45,6 +45,15 @@ fn payloads(batch: &[(u64, Bytes)]) -> Vec<String> {
         .collect()
 }
 
+#[test]
+fn handles_are_send_and_sync() {
+    fn send_sync<T: Send + Sync + Clone>() {}
+    fn send<T: Send>() {}
+    send_sync::<Log>();
+    send::<Reader>();
+    send::<BufferError>();
+}
+
 #[tokio::test]
 async fn append_read_ack_reopen() {
     let dir = fast_tempdir();
