@@ -8,6 +8,10 @@ use router_core::parse::{Ingest, Item, SequentialIds};
 use router_core::{CoreConfig, Event, Pipeline, Timestamp};
 use std::hint::black_box;
 
+/// The binary's allocator, so the figures match what `events-router` does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A realistic ~300-byte own-schema event.
 const EVENT: &str = r#"{"event":"Sign Up","userId":"user-48213","anonymousId":"3f9c2a1e-5b7d-4e0a-9c1f-2d8e7b6a5c4d","messageId":"0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b","timestamp":"2025-01-28T12:00:00.123Z","properties":{"plan":"pro","seats":5,"trial":false,"utm_source":"google","utm_medium":"cpc"},"context":{"ip":"203.0.113.7","userAgent":"Mozilla/5.0"}}"#;
 

@@ -12,6 +12,11 @@ use router_core::{Pipeline, Timestamp};
 
 use crate::config::{Config, ProcessEnv};
 
+/// mimalloc: the pipeline allocates many small strings per event; mimalloc's thread-local
+/// free lists make the core pipeline about 25% faster than glibc malloc (PERFORMANCE.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Events router: takes analytics events over HTTP, routes them by rules, keeps them durably
 /// and delivers them in batches to PostHog and Mixpanel.
 #[derive(Parser, Debug)]
