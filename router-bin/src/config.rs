@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use router_core::map::{MixpanelSettings, PosthogSettings};
 use router_core::{CoreConfig, Limits, RoutingConfig};
+use router_http::HttpConfig;
+use router_sinks::buffer::{LogConfig, SyncPolicy};
 use serde::{Deserialize, Serialize};
 
 /// A configuration problem, naming the key (or file) and the reason.
@@ -89,6 +91,33 @@ impl Default for MixpanelConfig {
     }
 }
 
+/// The durable buffer (the log lives in `<data_dir>/buffer`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BufferSettings {
+    /// Largest segment file.
+    pub segment_max_bytes: u64,
+    /// Cap on the whole log; at the cap ingestion answers 503 until delivery frees space.
+    pub max_total_bytes: u64,
+    /// `"always"` (group commit: every 2xx is fsynced, the default) or `{ interval_ms = N }`
+    /// (weaker: a power loss can lose the last interval's accepted events).
+    pub sync: SyncPolicy,
+    /// How often acknowledged cursor positions are persisted.
+    pub cursor_flush_interval_ms: u64,
+}
+
+impl Default for BufferSettings {
+    fn default() -> Self {
+        let d = LogConfig::default();
+        BufferSettings {
+            segment_max_bytes: d.segment_max_bytes,
+            max_total_bytes: d.max_total_bytes,
+            sync: d.sync,
+            cursor_flush_interval_ms: d.cursor_flush_interval_ms,
+        }
+    }
+}
+
 /// The whole configuration. Every key has a default, so no file is needed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -97,6 +126,10 @@ pub struct Config {
     pub listen: String,
     /// Data directory (log, cursors, dead letters, outboxes).
     pub data_dir: PathBuf,
+    /// HTTP server: body caps, timeouts, CORS, write keys, rate limits.
+    pub server: HttpConfig,
+    /// Durable buffer.
+    pub buffer: BufferSettings,
     /// Caps on events and requests.
     pub limits: Limits,
     /// Inbound event-name aliases.
@@ -115,6 +148,8 @@ impl Default for Config {
         Config {
             listen: "0.0.0.0:8080".into(),
             data_dir: PathBuf::from("./data"),
+            server: HttpConfig::default(),
+            buffer: BufferSettings::default(),
             limits: core.limits,
             aliases: core.aliases,
             routing: core.routing,
@@ -204,6 +239,18 @@ impl Config {
         }
         if let Some(v) = set("MIXPANEL_API_HOST") {
             self.mixpanel.host = v;
+        }
+    }
+
+    /// The log configuration: `<data_dir>/buffer`, one cursor per destination.
+    pub fn log_config(&self, destinations: &[String]) -> LogConfig {
+        LogConfig {
+            dir: self.data_dir.join("buffer"),
+            segment_max_bytes: self.buffer.segment_max_bytes,
+            max_total_bytes: self.buffer.max_total_bytes,
+            sync: self.buffer.sync,
+            destinations: destinations.to_vec(),
+            cursor_flush_interval_ms: self.buffer.cursor_flush_interval_ms,
         }
     }
 

@@ -2,6 +2,7 @@
 
 mod config;
 mod route;
+mod serve;
 
 use std::io::{BufReader, IsTerminal};
 use std::path::PathBuf;
@@ -28,6 +29,25 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the router: accept events over HTTP, keep them durably, deliver them.
+    ///
+    /// Runs on the embedded defaults with no config file and no accounts: a destination
+    /// without credentials writes exactly what it would send to an outbox file under the
+    /// data directory. SIGTERM or SIGINT drains and exits 0.
+    Serve {
+        /// Config file (TOML); the embedded defaults when absent.
+        #[arg(long, env = "ROUTER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Listen address (overrides `listen` and ROUTER_LISTEN).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Data directory for the buffer, dead letters and outboxes (overrides `data_dir`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Log format.
+        #[arg(long, env = "ROUTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+        log_format: LogFormat,
+    },
     /// Show where each event of a JSON Lines input would be routed.
     ///
     /// Each input line is an event in the router's own schema, or an array of them. One JSON
@@ -59,6 +79,29 @@ enum Command {
         #[arg(long, env = "ROUTER_CONFIG")]
         config: Option<PathBuf>,
     },
+}
+
+/// How `serve` writes its log lines (to stderr).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    /// One readable line per lifecycle step.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Log lines go to stderr; the level comes from RUST_LOG (default `info`).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -94,6 +137,26 @@ fn load(path: Option<&PathBuf>) -> Result<(Config, Pipeline), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+            log_format,
+        } => (|| {
+            init_logging(log_format);
+            let (mut config, pipeline) = load(config.as_ref())?;
+            if let Some(l) = listen {
+                config.listen = l;
+            }
+            if let Some(d) = data_dir {
+                config.data_dir = d;
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the runtime: {e}"))?;
+            runtime.block_on(serve::run(config, pipeline))
+        })(),
         Command::Route {
             config,
             explain,
