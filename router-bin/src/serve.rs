@@ -1,6 +1,5 @@
 //! `events-router serve`: the ingestion server, the durable log and delivery, wired together.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use router_core::Pipeline;
