@@ -41,19 +41,17 @@ pub async fn run(config: Config, pipeline: Pipeline) -> Result<(), String> {
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
-fn shutdown_signal() -> impl Future<Output = ()> {
-    async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("Cannot install signal handlers; stop with SIGKILL.");
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received; draining."),
-            _ = int.recv() => tracing::info!("SIGINT received; draining."),
-        }
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("Cannot install signal handlers; stop with SIGKILL.");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; draining."),
+        _ = int.recv() => tracing::info!("SIGINT received; draining."),
     }
 }
