@@ -1,0 +1,300 @@
+//! The harness against a stand-in router written here (no router binary needed): it checks
+//! the harness itself — the load, the id matching, the loss and duplicate accounting and the
+//! report — including that a router which drops or repeats events is caught.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener as StdListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use perf::load::{Mix, Options, run};
+use perf::mock::config::{DEFAULT_MIXPANEL_TOKEN, DEFAULT_POSTHOG_API_KEY};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// What the stand-in does wrong on purpose.
+#[derive(Debug, Clone, Copy, Default)]
+struct Faults {
+    /// Never deliver every n-th Mixpanel-bound event (0: none).
+    drop_mixpanel_every: u64,
+    /// Deliver every n-th PostHog-bound event twice (0: none).
+    repeat_posthog_every: u64,
+}
+
+fn free_addr() -> SocketAddr {
+    let l = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
+    l.local_addr().expect("addr")
+}
+
+fn has_utm(e: &Value) -> bool {
+    e.pointer("/properties/utm_source").is_some()
+        || e.pointer("/context/page/url")
+            .and_then(Value::as_str)
+            .is_some_and(|u| u.contains("utm_source="))
+}
+
+/// The default routing table, written again independently of `perf::load::events`.
+fn route(e: &Value) -> (bool, bool) {
+    if e["type"] == "identify" {
+        return (true, true);
+    }
+    let name = e["event"].as_str().unwrap_or_default();
+    let utm = has_utm(e);
+    let mut ph = utm || matches!(name, "Session Start" | "Session End");
+    let mut mp =
+        matches!(name, "Sign Up" | "Page View" | "Request Demo") || (name == "Purchase" && !utm);
+    if !ph && !mp {
+        mp = true;
+    }
+    if name == "Purchase" && utm {
+        ph = true;
+    }
+    (ph, mp)
+}
+
+struct Fake {
+    tx_ph: mpsc::UnboundedSender<Value>,
+    tx_mp: mpsc::UnboundedSender<Value>,
+    seen_ph: AtomicU64,
+    seen_mp: AtomicU64,
+    faults: Faults,
+}
+
+async fn collect(
+    fake: Arc<Fake>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    if req.uri().path() == "/ready" {
+        return Ok(Response::new(Full::new(Bytes::from_static(b"ok"))));
+    }
+    let body = req.into_body().collect().await?.to_bytes();
+    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let events = match value {
+        Value::Array(a) => a,
+        Value::Object(_) => vec![value],
+        _ => Vec::new(),
+    };
+    for e in &events {
+        let id = e["messageId"].as_str().unwrap_or_default().to_owned();
+        let user = e["userId"]
+            .as_str()
+            .or_else(|| e["anonymousId"].as_str())
+            .unwrap_or("someone")
+            .to_owned();
+        let (ph, mp) = route(e);
+        if ph {
+            let n = fake.seen_ph.fetch_add(1, Ordering::Relaxed) + 1;
+            let record =
+                json!({"event": "perf", "distinct_id": user, "uuid": id, "properties": {}});
+            let _ = fake.tx_ph.send(record.clone());
+            if fake.faults.repeat_posthog_every > 0 && n % fake.faults.repeat_posthog_every == 0 {
+                let _ = fake.tx_ph.send(record);
+            }
+        }
+        if mp {
+            let n = fake.seen_mp.fetch_add(1, Ordering::Relaxed) + 1;
+            if fake.faults.drop_mixpanel_every > 0 && n % fake.faults.drop_mixpanel_every == 0 {
+                continue;
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let _ = fake.tx_mp.send(json!({"event": "perf", "properties": {
+                "time": now, "distinct_id": user, "$insert_id": id}}));
+        }
+    }
+    let answer = json!({"status": "ok", "accepted": events.len()}).to_string();
+    Ok(Response::new(Full::new(Bytes::from(answer))))
+}
+
+/// Sends what arrives on `rx` in batches of up to 500 to `url` until the channel closes.
+async fn deliver(mut rx: mpsc::UnboundedReceiver<Value>, posthog: bool, base: String) {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let mut buf = Vec::new();
+    while rx.recv_many(&mut buf, 500).await > 0 {
+        let batch = std::mem::take(&mut buf);
+        loop {
+            let request = if posthog {
+                client
+                    .post(format!("{base}/batch/"))
+                    .json(&json!({"api_key": DEFAULT_POSTHOG_API_KEY, "batch": batch}))
+            } else {
+                client
+                    .post(format!("{base}/import?strict=1"))
+                    .basic_auth(DEFAULT_MIXPANEL_TOKEN, Some(""))
+                    .json(&batch)
+            };
+            match request.send().await {
+                Ok(r) if r.status().is_success() => break,
+                Ok(r) => panic!(
+                    "mock refused the stand-in's batch: {} {:?}",
+                    r.status(),
+                    r.text().await
+                ),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+}
+
+/// Starts the stand-in router; returns its base URL and the mock addresses it delivers to.
+async fn start_fake(faults: Faults) -> (String, SocketAddr, SocketAddr) {
+    let (ph_addr, mp_addr) = (free_addr(), free_addr());
+    let (tx_ph, rx_ph) = mpsc::unbounded_channel();
+    let (tx_mp, rx_mp) = mpsc::unbounded_channel();
+    tokio::spawn(deliver(rx_ph, true, format!("http://{ph_addr}")));
+    tokio::spawn(deliver(rx_mp, false, format!("http://{mp_addr}")));
+    let fake = Arc::new(Fake {
+        tx_ph,
+        tx_mp,
+        seen_ph: AtomicU64::new(0),
+        seen_mp: AtomicU64::new(0),
+        faults,
+    });
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let fake = fake.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| collect(fake.clone(), req));
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}"), ph_addr, mp_addr)
+}
+
+fn options(target: String, ph: SocketAddr, mp: SocketAddr) -> Options {
+    Options {
+        target: Some(target),
+        mock_posthog_listen: ph,
+        mock_mixpanel_listen: mp,
+        no_latency: true,
+        workers: 8,
+        verify_timeout: 20.0,
+        quiet: true,
+        ..Options::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_stand_in_passes_in_both_modes() {
+    for batch in [1, 50] {
+        let (url, ph, mp) = start_fake(Faults::default()).await;
+        let report = run(Options {
+            events: Some(2000),
+            batch,
+            ..options(url, ph, mp)
+        })
+        .await
+        .expect("run");
+        println!("{}", report.table());
+        assert!(report.passed(), "{}", report.table());
+        assert_eq!(report.load.events_accepted, 2000);
+        assert_eq!(report.load.requests, 2000u64.div_ceil(batch as u64));
+        assert!(report.errors.is_empty());
+        let ph = &report.delivery["posthog"];
+        let mp = &report.delivery["mixpanel"];
+        // About 40% of the default mix goes to PostHog, 70% to Mixpanel, 10% to both.
+        assert!(
+            (600..1000).contains(&ph.ids.expected),
+            "{}",
+            ph.ids.expected
+        );
+        assert!(
+            (1200..1600).contains(&mp.ids.expected),
+            "{}",
+            mp.ids.expected
+        );
+        assert!(ph.ids.expected + mp.ids.expected > 2000);
+        assert_eq!((ph.ids.unexpected, mp.ids.unexpected), (0, 0));
+        assert!(ph.delivered_per_sec.is_some() && mp.complete_after_seconds.is_some());
+        assert_eq!(report.latency_ms.count, report.load.requests_ok);
+        assert!(report.latency_ms.p50 > 0.0 && report.latency_ms.max >= report.latency_ms.p99);
+        assert!(report.router.is_none());
+        let json: Value = serde_json::to_value(&report).expect("json");
+        assert_eq!(json["delivery"]["posthog"]["missing"], 0);
+        assert_eq!(json["lost"], 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_and_repeated_events_are_caught() {
+    let faults = Faults {
+        drop_mixpanel_every: 100,
+        repeat_posthog_every: 50,
+    };
+    let (url, ph, mp) = start_fake(faults).await;
+    let report = run(Options {
+        events: Some(3000),
+        batch: 10,
+        verify_timeout: 3.0,
+        ..options(url, ph, mp)
+    })
+    .await
+    .expect("run");
+    assert!(!report.passed());
+    let mp = &report.delivery["mixpanel"];
+    let ph = &report.delivery["posthog"];
+    assert_eq!(mp.ids.missing, mp.ids.expected / 100, "{}", report.table());
+    assert_eq!(report.lost, mp.ids.missing);
+    assert_eq!(mp.ids.missing_sample.len(), 10);
+    assert_eq!(ph.ids.missing, 0);
+    assert_eq!(ph.ids.duplicates, ph.ids.expected / 50);
+    assert!(report.table().contains("FAIL"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_loop_at_a_fixed_rate() {
+    let (url, ph, mp) = start_fake(Faults::default()).await;
+    let report = run(Options {
+        events: Some(1500),
+        rate: Some(3000.0),
+        mix: Mix::SingleDestination,
+        ..options(url, ph, mp)
+    })
+    .await
+    .expect("run");
+    assert!(report.passed(), "{}", report.table());
+    assert_eq!(report.mode, "open-loop");
+    // 1500 events at 3000/s: about half a second, not much less.
+    assert!(report.load.seconds >= 0.45, "{}", report.table());
+    assert!(report.load.seconds < 5.0, "{}", report.table());
+    assert_eq!(report.delivery["posthog"].ids.expected, 0);
+    assert_eq!(report.delivery["mixpanel"].ids.expected, 1500);
+}
+
+#[tokio::test]
+async fn missing_router_binary_is_a_clear_error() {
+    let error = run(Options {
+        router: Some("/nonexistent/events-router".into()),
+        quiet: true,
+        ..Options::default()
+    })
+    .await
+    .expect_err("no binary");
+    let message = error.to_string();
+    assert!(
+        message.contains("cargo build --release -p router-bin"),
+        "{message}"
+    );
+}
