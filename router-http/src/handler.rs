@@ -330,10 +330,15 @@ where
     })?;
     let encoding = body::check_headers(&parts.headers)?;
     let (keys, presented) = credentials(state, route, parts);
-    if route != Route::Ga4Debug {
-        if let Some(k) = &presented {
-            admit_key(state, keys, k)?;
+    match (&presented, route) {
+        (_, Route::Ga4Debug) => {}
+        (Some(k), _) => admit_key(state, keys, k)?,
+        // GA4 bodies carry no secret: refuse before reading.
+        (None, Route::Ga4) if keys.is_required() => {
+            inner.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::Unauthorized("api_secret is required"));
         }
+        (None, _) => {}
     }
     let cap = match route {
         Route::Collect => cfg.max_body_bytes.collect,
@@ -368,11 +373,9 @@ where
             (Some(k), Route::Collect | Route::Segment(_)) => admit_key(state, keys, k)?,
             _ if keys.is_required() => {
                 inner.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
-                return Err(ApiError::Unauthorized(if route == Route::Ga4 {
-                    "api_secret is required"
-                } else {
-                    "a write key is required (Basic auth user, writeKey in the body, or ?writeKey=)"
-                }));
+                return Err(ApiError::Unauthorized(
+                    "a write key is required (Basic auth user, writeKey in the body, or ?writeKey=)",
+                ));
             }
             _ => {}
         }
@@ -391,9 +394,9 @@ async fn store(
     let inner = &state.inner;
     let ep = route.endpoint();
     let router = inner.pipeline.router();
-    let ip_value = inner
-        .config
-        .forward_client_ip
+    // GA4 Measurement Protocol is sent server to server: the peer is the sender's backend, not
+    // the user (GA4 clients pass the user's address as `ip_override`, kept in `context.ip`).
+    let ip_value = (inner.config.forward_client_ip && route != Route::Ga4)
         .then(|| serde_json::Value::String(ip.to_string()));
     let mut items = batch.items;
     let mut records = Vec::with_capacity(items.len());

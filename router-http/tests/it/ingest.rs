@@ -270,3 +270,62 @@ async fn unknown_paths_and_wrong_methods() {
     let m = s.metrics().await;
     assert!(m.contains("router_http_requests_total{endpoint=\"unknown\",status=\"404\"} 2"));
 }
+
+#[tokio::test]
+async fn client_ip_from_trusted_proxies_only() {
+    let s = start(router_http::HttpConfig {
+        trusted_proxies: vec!["127.0.0.0/8".into()],
+        ..test_config()
+    })
+    .await;
+    let post = |xff: &'static str| {
+        s.client
+            .post(s.url("/collect"))
+            .header("x-forwarded-for", xff)
+            .body(r#"{"event":"A","userId":"u"}"#)
+            .send()
+    };
+    assert_eq!(
+        post("198.51.100.7, 203.0.113.9").await.unwrap().status(),
+        200
+    );
+    assert_eq!(post("203.0.113.10, 127.0.0.5").await.unwrap().status(), 200);
+    let ips: Vec<_> = s
+        .records()
+        .iter()
+        .map(|e| e.event.context["ip"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ips, ["203.0.113.9", "203.0.113.10"]);
+
+    let untrusted = start(test_config()).await;
+    let r = untrusted
+        .client
+        .post(untrusted.url("/collect"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .body(r#"{"event":"A","userId":"u"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(untrusted.records()[0].event.context["ip"], "127.0.0.1");
+}
+
+#[tokio::test]
+async fn client_ip_is_not_forwarded_when_disabled_nor_for_ga4() {
+    let s = start(router_http::HttpConfig {
+        forward_client_ip: false,
+        ..test_config()
+    })
+    .await;
+    s.post("/collect", r#"{"event":"A","userId":"u"}"#).await;
+    assert!(s.records()[0].event.context.get("ip").is_none());
+    let s = start(test_config()).await;
+    let r = s
+        .post(
+            "/mp/collect",
+            r#"{"client_id":"1.2","events":[{"name":"sign_up"}]}"#,
+        )
+        .await;
+    assert_eq!(r.status(), 204);
+    assert!(s.records()[0].event.context.get("ip").is_none());
+}

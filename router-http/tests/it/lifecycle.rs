@@ -96,3 +96,28 @@ async fn metrics_sources_are_rendered_and_a_panic_is_a_counted_500() {
     assert_eq!(r.status(), 200);
     assert_eq!(s.records().len(), 1);
 }
+
+#[tokio::test]
+async fn a_stalled_request_is_cut_when_the_grace_period_ends() {
+    let mut s = crate::support::start(router_http::HttpConfig {
+        shutdown_grace_ms: 200,
+        ..test_config()
+    })
+    .await;
+    let mut c = TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(b"POST /collect HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = std::time::Instant::now();
+    let err = s.shutdown().await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    match err {
+        router_http::ServeError::GraceExpired { connections, .. } => assert_eq!(connections, 1),
+        other => panic!("{other}"),
+    }
+    // The client got no 2xx: its request was not accepted, and nothing was kept.
+    let resp = read_to_close(&mut c).await;
+    assert!(!resp.contains("200 OK"), "{resp}");
+    assert!(s.records().is_empty());
+}
