@@ -97,7 +97,9 @@ pub struct LogConfig {
     pub sync: SyncPolicy,
     /// Names of the destinations; each gets a cursor. Names are 1 to 64 characters of
     /// `[A-Za-z0-9_-]`. A segment is deleted once every destination has passed it; with no
-    /// destination nothing is ever deleted.
+    /// destination nothing is ever deleted. A destination added later starts at the oldest
+    /// record still kept; the cursor file of a destination removed from this list is ignored
+    /// (it no longer holds segments back).
     pub destinations: Vec<String>,
     /// Period of the background cursor flush and retention pass, in milliseconds.
     pub cursor_flush_interval_ms: u64,

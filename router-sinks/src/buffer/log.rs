@@ -360,7 +360,9 @@ impl Log {
             None => {
                 let path = dir.join(segment_file_name(next_seq));
                 let f = File::options()
-                    .write(true)
+                    // O_APPEND: after a failed write is rolled back with `set_len`, the next
+                    // write still lands at the end of the file, not past a hole.
+                    .append(true)
                     .create_new(true)
                     .open(&path)
                     .ctx(|| format!("creating segment {}", path.display()))?;
@@ -450,6 +452,7 @@ impl Log {
             written_len,
             synced_len: written_len,
             next_seq,
+            written_next_seq: next_seq,
             buf: Vec::with_capacity(256 * 1024),
             last_sync: Instant::now(),
             // The first frame appended after open gets an entry (the scan indexed the rest).

@@ -78,6 +78,8 @@ pub(crate) struct Writer {
     pub written_len: u64,
     pub synced_len: u64,
     pub next_seq: u64,
+    /// Sequence number after the last record written to the file.
+    pub written_next_seq: u64,
     pub buf: Vec<u8>,
     pub last_sync: Instant,
     /// Offset from which the next frame gets an index entry.
@@ -87,7 +89,7 @@ pub(crate) struct Writer {
 /// An append of the current group, waiting for its answer.
 struct Waiter {
     first: u64,
-    count: u64,
+    records: Vec<Bytes>,
     bytes: u64,
     reply: oneshot::Sender<Result<RecordRange, BufferError>>,
 }
@@ -217,10 +219,8 @@ impl Writer {
         let mut waiters: Vec<Waiter> = Vec::new();
         let mut syncs = Vec::new();
         let mut close = None;
-        let group_first_seq = self.next_seq;
         let append_ms = now_ms();
-        let mut rolled = false;
-        let mut failed: Option<BufferError> = self.poisoned_error();
+        let mut failed: Option<Fail> = self.poisoned_error().map(Fail::Fatal);
         for req in group {
             if close.is_some() {
                 self.refuse(req, || BufferError::Closed);
@@ -232,16 +232,15 @@ impl Writer {
                     bytes,
                     reply,
                 } => {
-                    if let Some(e) = &failed {
+                    if let Some(f) = &failed {
                         self.release(bytes);
-                        let _ = reply.send(Err(clone_err(e)));
+                        let _ = reply.send(Err(f.to_error(&self.shared)));
                         continue;
                     }
                     let first = self.next_seq;
                     for rec in &records {
-                        if let Err(e) = self.maybe_roll(frame_len(rec.len()), &mut rolled) {
-                            self.poison(&e);
-                            failed = Some(e);
+                        if let Err(f) = self.maybe_roll(frame_len(rec.len())) {
+                            failed = Some(f);
                             break;
                         }
                         let offset = self.written_len + self.buf.len() as u64;
@@ -258,7 +257,7 @@ impl Writer {
                     }
                     waiters.push(Waiter {
                         first,
-                        count: records.len() as u64,
+                        records,
                         bytes,
                         reply,
                     });
@@ -269,19 +268,12 @@ impl Writer {
         }
 
         let result = match failed {
-            Some(e) => {
-                self.buf.clear();
-                Err(e)
-            }
-            None => self.commit(
-                !syncs.is_empty() || close.is_some(),
-                rolled,
-                group_first_seq,
-            ),
+            Some(f) => Err(f),
+            None => self.commit(!syncs.is_empty() || close.is_some()),
         };
-        match &result {
+        let result = match result {
             Ok(()) => {
-                let n: u64 = waiters.iter().map(|w| w.count).sum();
+                let n: u64 = waiters.iter().map(|w| w.records.len() as u64).sum();
                 let s = &self.shared.stats;
                 s.records_appended.fetch_add(n, Ordering::Relaxed);
                 s.appends.fetch_add(waiters.len() as u64, Ordering::Relaxed);
@@ -289,17 +281,13 @@ impl Writer {
                 for w in waiters {
                     let _ = w.reply.send(Ok(RecordRange {
                         first: w.first,
-                        count: w.count,
+                        count: w.records.len() as u64,
                     }));
                 }
+                Ok(())
             }
-            Err(e) => {
-                for w in waiters {
-                    self.release(w.bytes);
-                    let _ = w.reply.send(Err(clone_err(e)));
-                }
-            }
-        }
+            Err(f) => Err(self.fail_group(f, waiters)),
+        };
         for s in syncs {
             let _ = s.send(result.as_ref().map(|_| ()).map_err(clone_err));
         }
@@ -312,6 +300,64 @@ impl Writer {
             return Flow::Stop;
         }
         Flow::Continue
+    }
+
+    /// Answers the waiters of a group that failed.
+    ///
+    /// A full disk (`ENOSPC`/`EDQUOT` from a write or a segment creation) is not fatal: the
+    /// unwritten part of the group is dropped (the file is cut back to its last complete frame
+    /// and the sequence numbers are reused), appends whose records were all written (and
+    /// synced, by the rollover that preceded the failure) succeed, the others get `Full`.
+    /// Anything else, including a failed `fdatasync`, poisons the log.
+    fn fail_group(&mut self, f: Fail, waiters: Vec<Waiter>) -> BufferError {
+        self.buf.clear();
+        let err = match f {
+            Fail::DiskFull(e) => match self.file.set_len(self.written_len) {
+                Ok(()) => {
+                    self.next_seq = self.written_next_seq;
+                    tracing::warn!(error = %e, "Buffer disk full; appends refused until space is freed.");
+                    None
+                }
+                Err(e2) => Some(BufferError::io(
+                    format!("rolling back a failed write to {}", self.seg.path.display()),
+                    e2,
+                )),
+            },
+            Fail::Fatal(e) => Some(e),
+        };
+        let err = match err {
+            Some(e) => {
+                self.poison(&e);
+                e
+            }
+            None => BufferError::Full {
+                used: self.shared.reserved_bytes.load(Ordering::Acquire),
+                requested: 0,
+                cap: self.shared.config.max_total_bytes,
+            },
+        };
+        let written = self.written_next_seq;
+        for w in waiters {
+            let end = w.first + w.records.len() as u64;
+            let unwritten: u64 = w
+                .records
+                .iter()
+                .zip(w.first..end)
+                .filter(|(_, seq)| *seq >= written)
+                .map(|(r, _)| frame_len(r.len()))
+                .sum();
+            self.release(unwritten.min(w.bytes));
+            let answer = if end <= written && matches!(err, BufferError::Full { .. }) {
+                Ok(RecordRange {
+                    first: w.first,
+                    count: w.records.len() as u64,
+                })
+            } else {
+                Err(clone_err(&err))
+            };
+            let _ = w.reply.send(answer);
+        }
+        err
     }
 
     /// Answers a request with an error without doing it.
@@ -328,51 +374,33 @@ impl Writer {
     }
 
     /// Writes the encoded group and syncs it (always, or when asked under `Interval`).
-    fn commit(
-        &mut self,
-        force_sync: bool,
-        rolled: bool,
-        group_first_seq: u64,
-    ) -> Result<(), BufferError> {
-        if !self.buf.is_empty() {
-            if let Err(e) = self.write_buf() {
-                let enospc = is_storage_full(&e);
-                // Roll back the partial write so the file ends at a frame boundary.
-                let rolled_back = self.file.set_len(self.written_len).is_ok();
-                self.buf.clear();
-                if enospc && rolled_back && !rolled {
-                    self.next_seq = group_first_seq;
-                    let used = self.shared.reserved_bytes.load(Ordering::Acquire);
-                    return Err(BufferError::Full {
-                        used,
-                        requested: 0,
-                        cap: self.shared.config.max_total_bytes,
-                    });
-                }
-                let err = BufferError::io(format!("writing {}", self.seg.path.display()), e);
-                self.poison(&err);
-                return Err(err);
-            }
-        }
+    fn commit(&mut self, force_sync: bool) -> Result<(), Fail> {
+        self.write_buf()?;
         let sync_now = force_sync
             || match self.shared.config.sync {
                 SyncPolicy::Always => true,
                 SyncPolicy::Interval(d) => self.last_sync.elapsed() >= d,
             };
         if sync_now {
-            if let Err(e) = self.sync() {
-                self.poison(&e);
-                return Err(e);
-            }
+            self.sync().map_err(Fail::Fatal)?;
         }
         Ok(())
     }
 
     /// Writes the pending buffer at the end of the active segment.
-    fn write_buf(&mut self) -> io::Result<()> {
-        self.file.write_all(&self.buf)?;
+    fn write_buf(&mut self) -> Result<(), Fail> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.file.write_all(&self.buf) {
+            return Err(Fail::from_io(
+                e,
+                format!("writing {}", self.seg.path.display()),
+            ));
+        }
         let n = self.buf.len() as u64;
         self.written_len += n;
+        self.written_next_seq = self.next_seq;
         self.seg.file_len.store(self.written_len, Ordering::Release);
         self.shared.bytes_on_disk.fetch_add(n, Ordering::AcqRel);
         self.shared
@@ -414,24 +442,23 @@ impl Writer {
     }
 
     /// Seals the active segment and starts a new one if a frame of `len` bytes does not fit.
-    fn maybe_roll(&mut self, len: u64, rolled: &mut bool) -> Result<(), BufferError> {
+    fn maybe_roll(&mut self, len: u64) -> Result<(), Fail> {
         let used = self.written_len + self.buf.len() as u64;
         if used == 0 || used + len <= self.shared.config.segment_max_bytes {
             return Ok(());
         }
-        if !self.buf.is_empty() {
-            self.write_buf()
-                .ctx(|| format!("writing {}", self.seg.path.display()))?;
-        }
-        self.sync()?;
+        self.write_buf()?;
+        self.sync().map_err(Fail::Fatal)?;
         let base = self.next_seq;
         let path = self.shared.dir.join(segment_file_name(base));
         let file = File::options()
-            .write(true)
+            // O_APPEND: after a failed write is rolled back with `set_len`, the next write
+            // still lands at the end of the file, not past a hole.
+            .append(true)
             .create_new(true)
             .open(&path)
-            .ctx(|| format!("creating segment {}", path.display()))?;
-        sync_dir(&self.shared.dir)?;
+            .map_err(|e| Fail::from_io(e, format!("creating segment {}", path.display())))?;
+        sync_dir(&self.shared.dir).map_err(Fail::Fatal)?;
         let seg = Arc::new(SegmentMeta::new(base, path));
         self.shared
             .segments
@@ -443,9 +470,38 @@ impl Writer {
         self.written_len = 0;
         self.synced_len = 0;
         self.next_index_at = 0;
-        *rolled = true;
         tracing::debug!(base, "Buffer segment created.");
         Ok(())
+    }
+}
+
+/// Why a group failed.
+#[derive(Debug)]
+enum Fail {
+    /// A write or a file creation found the disk full: recoverable.
+    DiskFull(io::Error),
+    /// Anything else: the log is poisoned.
+    Fatal(BufferError),
+}
+
+impl Fail {
+    fn from_io(e: io::Error, context: String) -> Self {
+        if is_storage_full(&e) {
+            Fail::DiskFull(e)
+        } else {
+            Fail::Fatal(BufferError::io(context, e))
+        }
+    }
+
+    fn to_error(&self, shared: &Shared) -> BufferError {
+        match self {
+            Fail::DiskFull(_) => BufferError::Full {
+                used: shared.reserved_bytes.load(Ordering::Acquire),
+                requested: 0,
+                cap: shared.config.max_total_bytes,
+            },
+            Fail::Fatal(e) => clone_err(e),
+        }
     }
 }
 
