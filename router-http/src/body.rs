@@ -89,7 +89,9 @@ where
     }
     let read_all = async {
         let mut body = std::pin::pin!(body);
-        let mut buf = BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n as usize));
+        // Grow with what actually arrives: a declared length alone reserves at most 64 KiB.
+        let initial = declared.map_or(8 * 1024, |n| n.min(64 * 1024) as usize);
+        let mut buf = BytesMut::with_capacity(initial);
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
                 ApiError::bad_request("$", format!("the body could not be read: {e}"))

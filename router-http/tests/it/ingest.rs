@@ -329,3 +329,50 @@ async fn client_ip_is_not_forwarded_when_disabled_nor_for_ga4() {
     assert_eq!(r.status(), 204);
     assert!(s.records()[0].event.context.get("ip").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_all_land_once() {
+    let s = std::sync::Arc::new(start(test_config()).await);
+    let mut tasks = Vec::new();
+    for c in 0..40 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let batch: Vec<_> = (0..10)
+                .map(|i| json!({"event": "Sign Up", "userId": format!("u{c}"), "messageId": format!("m-{c}-{i}")}))
+                .collect();
+            let r = s.post("/collect", &Value::from(batch).to_string()).await;
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.json::<Value>().await.unwrap()["accepted"], 10);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut ids: Vec<_> = s
+        .records()
+        .into_iter()
+        .map(|e| e.event.message_id)
+        .collect();
+    assert_eq!(ids.len(), 400);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 400);
+    let m = s.log.metrics();
+    assert_eq!(m.appends, 40, "one append per request");
+    assert!(m.group_commits <= 40);
+}
+
+#[tokio::test]
+async fn handle_works_without_a_socket() {
+    let s = start(test_config()).await;
+    let req = hyper::Request::post("/v1/track")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"event":"Sign Up","userId":"u"}"#,
+        )))
+        .unwrap();
+    let peer = "192.0.2.1:5555".parse().unwrap();
+    let resp = s.state.handle(req, peer).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(s.records()[0].event.context["ip"], "192.0.2.1");
+}
