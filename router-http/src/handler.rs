@@ -318,6 +318,8 @@ where
 {
     let inner = &state.inner;
     let cfg = &inner.config;
+    // The receive time is when the request head arrived, not when a slow body finished.
+    let received_at = now();
     if state.is_shutting_down() {
         return Err(unavailable(state, "shutting down; retry later"));
     }
@@ -356,7 +358,7 @@ where
     let (parsed, body_len) = {
         let mut ids = UuidV7Ids;
         let mut ctx = Ingest {
-            received_at: now(),
+            received_at,
             ids: &mut ids,
         };
         let parsed = match route {
