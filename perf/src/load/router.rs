@@ -49,6 +49,55 @@ pub fn default_binary(profile: &str) -> PathBuf {
     target.join(profile).join("events-router")
 }
 
+/// The router binary of `profile` (`debug` or `release`), built with
+/// `cargo build [--release] -p router-bin` when it does not exist yet; an error says why it
+/// cannot be had, or that it has no `serve` command (a stale build: rebuild it).
+pub fn ensure_binary(profile: &str) -> Result<PathBuf, String> {
+    let binary = default_binary(profile);
+    if !binary.is_file() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut command = std::process::Command::new(cargo);
+        command
+            .current_dir(workspace_root())
+            .args(["build", "-p", "router-bin"]);
+        if profile == "release" {
+            command.arg("--release");
+        }
+        let status = command
+            .status()
+            .map_err(|e| format!("cannot run cargo to build {}: {e}", binary.display()))?;
+        if !status.success() || !binary.is_file() {
+            return Err(format!(
+                "`cargo build{} -p router-bin` failed ({status}); {} is needed",
+                if profile == "release" {
+                    " --release"
+                } else {
+                    ""
+                },
+                binary.display()
+            ));
+        }
+    }
+    let help = std::process::Command::new(&binary)
+        .args(["serve", "--help"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+    if !help.success() {
+        return Err(format!(
+            "{} has no `serve` command (a stale build?): rebuild it with `cargo build{} -p router-bin`",
+            binary.display(),
+            if profile == "release" {
+                " --release"
+            } else {
+                ""
+            }
+        ));
+    }
+    Ok(binary)
+}
+
 /// How the router process ended.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ExitInfo {
@@ -126,6 +175,7 @@ impl RouterProcess {
             .env("MIXPANEL_API_HOST", mock.mixpanel_url())
             .env_remove("ROUTER_LISTEN")
             .env_remove("ROUTER_DATA_DIR")
+            .env_remove("ROUTER_CONFIG")
             .env_remove("MIXPANEL_PROJECT")
             .env_remove("MIXPANEL_API_SECRET")
             .stdin(Stdio::null())
