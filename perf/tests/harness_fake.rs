@@ -298,3 +298,25 @@ async fn missing_router_binary_is_a_clear_error() {
         "{message}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_run_reports_sustained_delivery() {
+    let (url, ph, mp) = start_fake(Faults::default()).await;
+    let report = run(Options {
+        duration: Some(3.2),
+        rate: Some(2000.0),
+        ..options(url, ph, mp)
+    })
+    .await
+    .expect("run");
+    assert!(report.passed(), "{}", report.table());
+    let sent = report.load.events_sent;
+    assert!((6000..=6400).contains(&sent), "{}", report.table());
+    let s = report.sustained.as_ref().expect("sustained figures");
+    assert!(s.window_seconds >= 1.5, "{s:?}");
+    // 2000 events/s at 1.1 destinations each: about 2200 pairs/s accepted and delivered.
+    assert!((1500.0..3000.0).contains(&s.accepted_pairs_per_sec), "{s:?}");
+    assert!((1500.0..3000.0).contains(&s.delivered_pairs_per_sec), "{s:?}");
+    assert!(s.backlog_max < 2000, "{s:?}");
+    assert!(report.timeline.len() >= 3);
+}

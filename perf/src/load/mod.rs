@@ -39,7 +39,7 @@ use serde::Serialize;
 pub use events::Mix;
 pub use report::{
     BacklogFigures, DestinationFigures, LatencyFigures, LoadFigures, Report, RouterFigures,
-    TimelineRow,
+    SustainedFigures, TimelineRow,
 };
 pub use router::ExitInfo;
 

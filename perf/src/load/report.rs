@@ -40,6 +40,8 @@ pub struct Report {
     pub router: Option<RouterFigures>,
     /// Backlog mode figures.
     pub backlog: Option<BacklogFigures>,
+    /// Delivery keeping up while the load ran (from the timeline; loads of 3 s or more).
+    pub sustained: Option<SustainedFigures>,
     /// CPU seconds the harness itself (load generator plus mocks) used during the run.
     pub harness_cpu_seconds: f64,
     /// One row a second from the start of the load.
@@ -162,6 +164,46 @@ pub struct BacklogFigures {
     pub drain_seconds: Option<f64>,
     /// Delivered events (summed over destinations) per second of drain.
     pub drain_per_sec: Option<f64>,
+}
+
+/// Whether delivery kept up during the load: rates over the timeline rows from 1 s into
+/// the load to its end, counting (event, destination) pairs.
+#[derive(Debug, Clone, Serialize)]
+pub struct SustainedFigures {
+    /// The window, in seconds.
+    pub window_seconds: f64,
+    /// Confirmed (event, destination) pairs per second in the window.
+    pub accepted_pairs_per_sec: f64,
+    /// Delivered pairs per second in the window.
+    pub delivered_pairs_per_sec: f64,
+    /// Undelivered pairs at the start of the window.
+    pub backlog_start: u64,
+    /// Undelivered pairs at the end of the window.
+    pub backlog_end: u64,
+    /// The largest backlog sampled in the window.
+    pub backlog_max: u64,
+}
+
+fn sustained(timeline: &[TimelineRow], load_secs: f64) -> Option<SustainedFigures> {
+    let rows: Vec<&TimelineRow> = timeline
+        .iter()
+        .filter(|r| r.t >= 0.9 && r.t <= load_secs + 0.05)
+        .collect();
+    let (first, last) = (rows.first()?, rows.last()?);
+    let window = last.t - first.t;
+    if window < 1.5 {
+        return None;
+    }
+    let delivered = |r: &TimelineRow| r.delivered_posthog + r.delivered_mixpanel;
+    let accepted = |r: &TimelineRow| r.backlog + delivered(r);
+    Some(SustainedFigures {
+        window_seconds: window,
+        accepted_pairs_per_sec: accepted(last).saturating_sub(accepted(first)) as f64 / window,
+        delivered_pairs_per_sec: delivered(last).saturating_sub(delivered(first)) as f64 / window,
+        backlog_start: first.backlog,
+        backlog_end: last.backlog,
+        backlog_max: rows.iter().map(|r| r.backlog).max().unwrap_or(0),
+    })
 }
 
 /// One timeline row.
@@ -354,6 +396,7 @@ pub(super) fn build(i: Inputs<'_>) -> Report {
         router,
         backlog,
         harness_cpu_seconds: i.harness_cpu,
+        sustained: sustained(&i.sampled.timeline, load_secs),
         timeline: i.sampled.timeline,
         router_log_tail: i.log_tail,
         run_dir: i.run_dir,
