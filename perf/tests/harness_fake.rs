@@ -315,8 +315,14 @@ async fn timed_run_reports_sustained_delivery() {
     let s = report.sustained.as_ref().expect("sustained figures");
     assert!(s.window_seconds >= 1.5, "{s:?}");
     // 2000 events/s at 1.1 destinations each: about 2200 pairs/s accepted and delivered.
-    assert!((1500.0..3000.0).contains(&s.accepted_pairs_per_sec), "{s:?}");
-    assert!((1500.0..3000.0).contains(&s.delivered_pairs_per_sec), "{s:?}");
+    assert!(
+        (1500.0..3000.0).contains(&s.accepted_pairs_per_sec),
+        "{s:?}"
+    );
+    assert!(
+        (1500.0..3000.0).contains(&s.delivered_pairs_per_sec),
+        "{s:?}"
+    );
     assert!(s.backlog_max < 2000, "{s:?}");
     assert!(report.timeline.len() >= 3);
 }
