@@ -7,6 +7,7 @@ use router_core::map::{MixpanelSettings, PosthogSettings};
 use router_core::{CoreConfig, Limits, RoutingConfig};
 use router_http::HttpConfig;
 use router_sinks::buffer::{LogConfig, SyncPolicy};
+use router_sinks::delivery::{DeliveryConfig, MixpanelDestination, PosthogDestination};
 use serde::{Deserialize, Serialize};
 
 /// A configuration problem, naming the key (or file) and the reason.
@@ -130,6 +131,8 @@ pub struct Config {
     pub server: HttpConfig,
     /// Durable buffer.
     pub buffer: BufferSettings,
+    /// Delivery: batching, concurrency, timeouts, retries.
+    pub delivery: DeliveryConfig,
     /// Caps on events and requests.
     pub limits: Limits,
     /// Inbound event-name aliases.
@@ -150,6 +153,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./data"),
             server: HttpConfig::default(),
             buffer: BufferSettings::default(),
+            delivery: DeliveryConfig::default(),
             limits: core.limits,
             aliases: core.aliases,
             routing: core.routing,
@@ -189,7 +193,7 @@ impl Config {
             }
         };
         config.apply_env(env);
-        config.core()?;
+        config.validate()?;
         Ok(config)
     }
 
@@ -239,6 +243,51 @@ impl Config {
         }
         if let Some(v) = set("MIXPANEL_API_HOST") {
             self.mixpanel.host = v;
+        }
+    }
+
+    /// Checks every section, naming the key at fault.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.core()?;
+        self.server.validate().map_err(|e| ConfigError::Key {
+            key: format!("server.{}", e.key),
+            reason: e.reason,
+        })?;
+        self.delivery.validate().map_err(|e| ConfigError::Key {
+            key: "delivery".into(),
+            reason: e.to_string(),
+        })?;
+        self.log_config(&[])
+            .validate()
+            .map_err(|e| ConfigError::Key {
+                key: "buffer".into(),
+                reason: e.to_string(),
+            })?;
+        if self.listen.parse::<std::net::SocketAddr>().is_err() && !self.listen.contains(':') {
+            return Err(ConfigError::Key {
+                key: "listen".into(),
+                reason: format!("{:?} is not an address like 0.0.0.0:8080", self.listen),
+            });
+        }
+        Ok(())
+    }
+
+    /// PostHog host and credentials for the sink.
+    pub fn posthog_destination(&self) -> PosthogDestination {
+        PosthogDestination {
+            api_key: self.posthog.api_key.clone(),
+            host: self.posthog.host.clone(),
+        }
+    }
+
+    /// Mixpanel host and credentials for the sink.
+    pub fn mixpanel_destination(&self) -> MixpanelDestination {
+        MixpanelDestination {
+            token: self.mixpanel.token.clone(),
+            service_account: self.mixpanel.service_account.clone(),
+            api_secret: self.mixpanel.api_secret.clone(),
+            project_id: self.mixpanel.project_id.clone(),
+            host: self.mixpanel.host.clone(),
         }
     }
 

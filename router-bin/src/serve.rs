@@ -3,8 +3,9 @@
 use std::sync::Arc;
 
 use router_core::Pipeline;
-use router_http::AppState;
+use router_http::{AppState, MetricsSource};
 use router_sinks::buffer::Log;
+use router_sinks::delivery::{Delivery, DestinationSpec};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -18,6 +19,10 @@ pub async fn run(config: Config, pipeline: Pipeline) -> Result<(), String> {
     // The buffer logs what recovery found (segments, records, corrupt, truncated).
     let (log, _report) = Log::open(config.log_config(&destinations))
         .map_err(|e| format!("cannot open the buffer: {e}"))?;
+    let specs = destination_specs(&config, &pipeline)?;
+    // Delivery says at start, per destination, whether it sends or writes an outbox file.
+    let delivery = Delivery::start(&log, &config.data_dir, &config.delivery, specs)
+        .map_err(|e| format!("cannot start delivery: {e}"))?;
     let state = AppState::new(
         pipeline.clone(),
         log.clone(),
@@ -25,6 +30,7 @@ pub async fn run(config: Config, pipeline: Pipeline) -> Result<(), String> {
         config.server.clone(),
     )
     .map_err(|e| format!("server.{e}"))?;
+    state.add_metrics_source(Arc::new(DeliveryMetricsSource(delivery.metrics().to_vec())));
     let listener = TcpListener::bind(&config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
@@ -33,11 +39,53 @@ pub async fn run(config: Config, pipeline: Pipeline) -> Result<(), String> {
     if let Err(e) = &served {
         tracing::warn!(error = %e, "Server stopped with in-flight requests cut.");
     }
+    // Requests are answered; sync the log, give delivery its grace period; whatever is left
+    // stays in the buffer and is delivered after the next start.
+    log.sync()
+        .await
+        .map_err(|e| format!("syncing the buffer: {e}"))?;
+    if let Err(e) = delivery.shutdown().await {
+        tracing::warn!(error = %e, "Delivery stopped with requests cut; they are redelivered after the next start.");
+    }
     log.close()
         .await
         .map_err(|e| format!("closing the buffer: {e}"))?;
     tracing::info!("Stopped.");
     Ok(())
+}
+
+/// The sink of each destination the routing table names.
+fn destination_specs(config: &Config, pipeline: &Pipeline) -> Result<Vec<DestinationSpec>, String> {
+    pipeline
+        .router()
+        .destinations()
+        .iter()
+        .map(|name| match name.as_str() {
+            "posthog" => Ok(DestinationSpec::posthog(
+                name.as_str(),
+                config.posthog_destination(),
+                pipeline.posthog().clone(),
+            )),
+            "mixpanel" => Ok(DestinationSpec::mixpanel(
+                name.as_str(),
+                config.mixpanel_destination(),
+                pipeline.mixpanel().clone(),
+            )),
+            other => Err(format!(
+                "routing: destination {other:?} is not one this router can deliver to (posthog, mixpanel)"
+            )),
+        })
+        .collect()
+}
+
+/// Delivery counters on `/metrics`.
+struct DeliveryMetricsSource(Vec<Arc<router_sinks::delivery::DeliveryMetrics>>);
+
+impl MetricsSource for DeliveryMetricsSource {
+    fn render_prometheus(&self, out: &mut String) {
+        let snapshots: Vec<_> = self.0.iter().map(|m| m.snapshot()).collect();
+        router_sinks::delivery::render_prometheus(&snapshots, out);
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

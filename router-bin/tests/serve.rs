@@ -1,0 +1,276 @@
+//! `events-router serve` end to end: a real child process, real sockets on 127.0.0.1, the
+//! strict mock PostHog and Mixpanel from `perf`.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use perf::mock::{Destination, Fault, MockConfig, MockDestinations, MockHandle};
+use serde_json::Value;
+
+/// A running router; SIGKILLed on drop if still alive.
+struct Router {
+    child: Child,
+    url: String,
+    stderr: std::sync::mpsc::Receiver<String>,
+    /// Log lines up to "Listening".
+    startup: Vec<String>,
+}
+
+impl Router {
+    /// Starts `serve` on an OS-chosen port and waits until it says where it listens.
+    // The child is waited for by `terminate` or `Drop`.
+    #[allow(clippy::zombie_processes)]
+    fn start(data_dir: &Path, mock: Option<&MockHandle>, extra_env: &[(&str, &str)]) -> Router {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_events-router"));
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("RUST_LOG", "info")
+        .env_remove("ROUTER_CONFIG")
+        .env_remove("POSTHOG_API_KEY")
+        .env_remove("MIXPANEL_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        if let Some(m) = mock {
+            cmd.env("POSTHOG_API_KEY", &m.config().posthog.api_key)
+                .env("POSTHOG_HOST", m.posthog_url())
+                .env("MIXPANEL_TOKEN", &m.config().mixpanel.token)
+                .env("MIXPANEL_API_HOST", m.mixpanel_url());
+        }
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut startup = Vec::new();
+        loop {
+            let line = rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("router did not report its address in time");
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            startup.push(line);
+            if let Some(addr) = v["fields"]["addr"].as_str() {
+                if v["fields"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("Listening")
+                {
+                    return Router {
+                        child,
+                        url: format!("http://{addr}"),
+                        stderr: rx,
+                        startup,
+                    };
+                }
+            }
+        }
+    }
+
+    /// SIGTERM, then the exit code (within a bound).
+    fn terminate(mut self) -> (Option<i32>, Vec<String>) {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let lines = self.stderr.try_iter().collect();
+                return (status.code(), lines);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("router did not exit within 30 s of SIGTERM");
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn examples() -> Vec<String> {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/events.jsonl"
+    ))
+    .unwrap()
+    .lines()
+    .map(str::to_owned)
+    .collect()
+}
+
+async fn post(client: &reqwest::Client, url: &str, body: String) -> (u16, Value) {
+    let r = client
+        .post(format!("{url}/collect"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn insert_ids(mock: &MockHandle) -> Vec<String> {
+    let mut ids: Vec<String> = mock
+        .mixpanel_imports()
+        .iter()
+        .filter_map(|e| e["properties"]["$insert_id"].as_str().map(str::to_owned))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// What the default table sends where, for examples/events.jsonl (12 events, one invalid).
+const POSTHOG_EVENTS: [&str; 5] = [
+    "Purchase",
+    "Newsletter Click",
+    "Session Start",
+    "$identify",
+    "Sign Up",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_events_arrive_as_the_table_says_and_sigterm_drains() {
+    let mock = MockDestinations::start(MockConfig::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let router = Router::start(dir.path(), Some(&mock), &[]);
+    let client = reqwest::Client::new();
+    let mut accepted = 0;
+    for line in examples() {
+        let (status, body) = post(&client, &router.url, line).await;
+        assert_eq!(status, 200, "{body}");
+        accepted += body["accepted"].as_u64().unwrap();
+    }
+    assert_eq!(accepted, 11);
+    let stats = mock
+        .wait_until(
+            |s| s.posthog.events_accepted >= 5 && s.mixpanel.events_accepted >= 8,
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("events did not arrive");
+    let mut names: Vec<String> = mock
+        .posthog_events()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    let mut expected: Vec<String> = POSTHOG_EVENTS.iter().map(|s| (*s).to_owned()).collect();
+    expected.sort();
+    assert_eq!(names, expected);
+    let ids = insert_ids(&mock);
+    let mut want: Vec<String> = [1, 2, 3, 5, 8, 9, 10, 11]
+        .iter()
+        .map(|i| format!("seed-{i}"))
+        .collect();
+    want.sort();
+    assert_eq!(
+        ids, want,
+        "Mixpanel /import got exactly the mixpanel-routed events"
+    );
+    let profile = mock.mixpanel_engage();
+    assert_eq!(profile.len(), 1);
+    assert_eq!(profile[0]["$set"]["$email"], "ada@example.com");
+    assert_eq!(stats.posthog.duplicates + stats.mixpanel.duplicates, 0);
+    let (code, _) = router.terminate();
+    assert_eq!(code, Some(0));
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_survives_a_restart_and_is_delivered() {
+    let mock = MockDestinations::start(MockConfig::default())
+        .await
+        .unwrap();
+    mock.inject(Destination::Mixpanel, Fault::status(503).until_cleared());
+    mock.inject(Destination::Posthog, Fault::status(503).until_cleared());
+    let dir = tempfile::tempdir().unwrap();
+    let router = Router::start(dir.path(), Some(&mock), &[]);
+    let client = reqwest::Client::new();
+    for line in examples() {
+        assert_eq!(post(&client, &router.url, line).await.0, 200);
+    }
+    let (code, _) = router.terminate();
+    assert_eq!(code, Some(0));
+    assert_eq!(mock.stats().mixpanel.events_accepted, 0);
+    mock.clear_faults();
+    let router = Router::start(dir.path(), Some(&mock), &[]);
+    mock.wait_until(
+        |s| s.posthog.events_accepted >= 5 && s.mixpanel.events_accepted >= 8,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("the backlog was not delivered after the restart");
+    assert_eq!(insert_ids(&mock).len(), 8);
+    let (code, _) = router.terminate();
+    assert_eq!(code, Some(0));
+    mock.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_credentials_events_go_to_outbox_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let router = Router::start(dir.path(), None, &[]);
+    for dest in ["posthog", "mixpanel"] {
+        assert!(
+            router
+                .startup
+                .iter()
+                .any(|l| l.contains("No credentials") && l.contains(dest)),
+            "the start-up log says {dest} writes to its outbox: {:?}",
+            router.startup
+        );
+    }
+    let client = reqwest::Client::new();
+    let first = examples().into_iter().next().unwrap();
+    let (status, body) = post(&client, &router.url, first).await;
+    assert_eq!((status, body["accepted"].as_u64()), (200, Some(1)));
+    let outbox = dir.path().join("outbox").join("mixpanel.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&outbox).unwrap_or_default();
+        if !text.is_empty() || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let rec: Value = serde_json::from_str(text.lines().next().expect("outbox is empty")).unwrap();
+    let rec = if rec.get("record").is_some() {
+        rec["record"].clone()
+    } else {
+        rec
+    };
+    assert_eq!(rec["event"], "Sign Up");
+    assert_eq!(rec["properties"]["$insert_id"], "seed-1");
+    let (code, lines) = router.terminate();
+    assert_eq!(code, Some(0));
+    assert!(
+        lines.iter().any(|l| l.contains("SIGTERM received")),
+        "{lines:?}"
+    );
+}
