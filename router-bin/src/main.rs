@@ -73,6 +73,11 @@ enum Command {
         #[command(subcommand)]
         command: BufferCommand,
     },
+    /// Dead letters: events a destination rejected or that expired.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Validate a config file and print the effective routing table.
     Check {
         /// Config file (TOML); the embedded defaults when absent.
@@ -102,6 +107,38 @@ fn init_logging(format: LogFormat) {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+#[derive(Subcommand, Debug)]
+enum DlqCommand {
+    /// Count dead letters per destination, by reason.
+    List {
+        /// Data directory (dead letters are in its `dead-letters/` folder).
+        #[arg(long, env = "ROUTER_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead-lettered events back into the buffer for delivery (stop the router first).
+    ///
+    /// Each event is queued again for the destination that dead-lettered it, with its original
+    /// message id and timestamp, so a destination that already has it deduplicates it.
+    /// Run with --dry-run first to see the count.
+    Replay {
+        /// Config file (TOML): the destinations of its routing table; defaults when absent.
+        #[arg(long, env = "ROUTER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory.
+        #[arg(long, env = "ROUTER_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// Only this destination's dead letters.
+        #[arg(long)]
+        destination: Option<String>,
+        /// Count what would be replayed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -199,6 +236,78 @@ fn main() -> ExitCode {
                     }
                 })
         }
+        Command::Dlq {
+            command: DlqCommand::List { data_dir, json },
+        } => router_sinks::dlq::list(&data_dir)
+            .map_err(|e| e.to_string())
+            .map(|list| {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&list).unwrap_or_default()
+                    );
+                } else if list.is_empty() {
+                    println!("no dead letters under {}", data_dir.display());
+                } else {
+                    for d in list {
+                        println!(
+                            "{}: {} dead letters ({} replayable)",
+                            d.destination, d.count, d.replayable
+                        );
+                        for (reason, n) in d.reasons {
+                            println!("  {n:>8}  {reason}");
+                        }
+                    }
+                }
+            }),
+        Command::Dlq {
+            command:
+                DlqCommand::Replay {
+                    config,
+                    data_dir,
+                    destination,
+                    dry_run,
+                },
+        } => (|| {
+            let (mut config, pipeline) = load(config.as_ref())?;
+            config.data_dir = data_dir;
+            let destinations = pipeline.router().destinations().to_vec();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the runtime: {e}"))?;
+            runtime.block_on(async {
+                let (log, _) = router_sinks::buffer::Log::open(config.log_config(&destinations))
+                    .map_err(|e| match e {
+                        router_sinks::buffer::BufferError::Locked(_) => format!(
+                            "{e}: the router is running on {}; stop it, then replay",
+                            config.data_dir.display()
+                        ),
+                        e => format!("cannot open the buffer: {e}"),
+                    })?;
+                let report = router_sinks::dlq::replay(
+                    &config.data_dir,
+                    &log,
+                    destination.as_deref(),
+                    dry_run,
+                )
+                .await
+                .map_err(|e| e.to_string());
+                log.close()
+                    .await
+                    .map_err(|e| format!("closing the buffer: {e}"))?;
+                let report = report?;
+                let verb = if dry_run { "would replay" } else { "replayed" };
+                println!(
+                    "{verb} {} events; {} dead letters kept",
+                    report.replayed, report.kept
+                );
+                for (d, n) in &report.by_destination {
+                    println!("  {d}: {n}");
+                }
+                Ok(())
+            })
+        })(),
         Command::Check { config } => load(config.as_ref()).map(|(c, p)| {
             println!(
                 "config ok ({})",

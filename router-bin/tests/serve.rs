@@ -274,3 +274,78 @@ async fn without_credentials_events_go_to_outbox_files() {
         "{lines:?}"
     );
 }
+
+fn cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_events-router"))
+        .args(args)
+        .env_remove("ROUTER_CONFIG")
+        .env_remove("ROUTER_DATA_DIR")
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_events_are_dead_lettered_listed_and_replayed() {
+    let mock = MockDestinations::start(MockConfig::default())
+        .await
+        .unwrap();
+    // Mixpanel refuses the first record of the next /import request (partial 400).
+    mock.inject(Destination::Mixpanel, Fault::partial([0]).times(1));
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let router = Router::start(dir.path(), Some(&mock), &[]);
+    let client = reqwest::Client::new();
+    let body = r#"{"event":"Sign Up","userId":"u1","messageId":"dl-1"}"#.to_owned();
+    assert_eq!(post(&client, &router.url, body).await.0, 200);
+    let dlq_file = dir.path().join("dead-letters").join("mixpanel.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&dlq_file)
+        .unwrap_or_default()
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "no dead letter was written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let letter: Value = serde_json::from_str(
+        std::fs::read_to_string(&dlq_file)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(letter["destination"], "mixpanel");
+    assert_eq!(letter["status"], 400);
+
+    let (code, out, _) = cli(&["dlq", "list", "--data-dir", data]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("mixpanel: 1 dead letters (1 replayable)"),
+        "{out}"
+    );
+    // Replay refuses while the router holds the buffer.
+    let (code, _, err) = cli(&["dlq", "replay", "--data-dir", data]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("stop it, then replay"), "{err}");
+    assert_eq!(router.terminate().0, Some(0));
+
+    let (code, out, _) = cli(&["dlq", "replay", "--dry-run", "--data-dir", data]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("would replay 1 events"), "{out}");
+    let (code, out, err) = cli(&["dlq", "replay", "--data-dir", data]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("replayed 1 events"), "{out}");
+
+    let router = Router::start(dir.path(), Some(&mock), &[]);
+    mock.wait_until(|s| s.mixpanel.events_accepted >= 1, Duration::from_secs(20))
+        .await
+        .expect("the replayed event was not delivered");
+    assert_eq!(insert_ids(&mock), ["dl-1"]);
+    assert_eq!(router.terminate().0, Some(0));
+    mock.shutdown().await;
+}
