@@ -453,7 +453,8 @@ impl State {
             return wake;
         }
         if let Some(p) = &self.pause {
-            if has_work && !p.probe_in_flight {
+            // A probe that is due but not sent waits for an in-flight request to end.
+            if has_work && !p.probe_in_flight && p.next_probe > now {
                 at(p.next_probe);
             }
             return wake;
@@ -598,9 +599,11 @@ impl State {
         let attempts = again.iter().map(|i| i.attempts).max().unwrap_or(1);
         let delay = match after {
             Some(a) => {
+                // Nothing goes to the destination before its Retry-After; this batch also
+                // gets a first-attempt jitter so `Retry-After: 0` cannot make a hot loop.
                 let until = now + a;
                 self.throttle_until = Some(self.throttle_until.map_or(until, |t| t.max(until)));
-                a
+                a.max(self.backoff.delay(1, &mut rand::rng()))
             }
             None => self.backoff.delay(attempts, &mut rand::rng()),
         };
