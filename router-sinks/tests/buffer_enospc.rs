@@ -74,7 +74,17 @@ async fn disk_full_answers_full_and_recovers() {
             Err(e) => break e,
         }
     };
-    assert!(matches!(err, BufferError::Full { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            BufferError::Full {
+                disk_full: true,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("disk is full"), "{err}");
     let m = log.metrics();
     assert!(!m.poisoned);
     assert!(m.bytes_on_disk < config.max_total_bytes);

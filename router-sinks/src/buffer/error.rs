@@ -10,15 +10,18 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BufferError {
-    /// The log reached its size cap (`max_total_bytes`); nothing was appended.
-    #[error("buffer full: {used} + {requested} bytes > cap of {cap} bytes")]
+    /// The log reached its size cap (`max_total_bytes`), or the disk is full below the cap;
+    /// nothing was appended. Answer 503 with `Retry-After`: delivery frees space.
+    #[error("buffer full: {}", full_message(*.used, *.requested, *.cap, *.disk_full))]
     Full {
         /// Bytes on disk or queued for writing when the append was refused.
         used: u64,
-        /// Bytes the refused append needed (framed).
+        /// Bytes the refused append needed (framed); 0 when the disk was full.
         requested: u64,
         /// The configured cap.
         cap: u64,
+        /// The file system ran out of space (`ENOSPC`/`EDQUOT`) before the cap was reached.
+        disk_full: bool,
     },
     /// One record is larger than a segment can hold.
     #[error("record too large: {len} bytes > limit of {limit} bytes")]
@@ -84,6 +87,14 @@ impl BufferError {
             context: context.into(),
             source,
         }
+    }
+}
+
+fn full_message(used: u64, requested: u64, cap: u64, disk_full: bool) -> String {
+    if disk_full {
+        format!("the disk is full ({used} bytes in the log, cap {cap} bytes)")
+    } else {
+        format!("{used} + {requested} bytes > cap of {cap} bytes")
     }
 }
 

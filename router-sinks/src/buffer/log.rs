@@ -531,6 +531,7 @@ impl Log {
                 used,
                 requested: bytes,
                 cap,
+                disk_full: false,
             });
         }
         let (reply, rx) = oneshot::channel();

@@ -334,6 +334,7 @@ impl Writer {
                 used: self.shared.reserved_bytes.load(Ordering::Acquire),
                 requested: 0,
                 cap: self.shared.config.max_total_bytes,
+                disk_full: true,
             },
         };
         let written = self.written_next_seq;
@@ -499,6 +500,7 @@ impl Fail {
                 used: shared.reserved_bytes.load(Ordering::Acquire),
                 requested: 0,
                 cap: shared.config.max_total_bytes,
+                disk_full: true,
             },
             Fail::Fatal(e) => clone_err(e),
         }
@@ -524,10 +526,12 @@ pub(crate) fn clone_err(e: &BufferError) -> BufferError {
             used,
             requested,
             cap,
+            disk_full,
         } => BufferError::Full {
             used: *used,
             requested: *requested,
             cap: *cap,
+            disk_full: *disk_full,
         },
         BufferError::Closed => BufferError::Closed,
         BufferError::Poisoned(m) => BufferError::Poisoned(m.clone()),
