@@ -250,6 +250,14 @@ fn main() -> ExitCode {
                     println!("no dead letters under {}", data_dir.display());
                 } else {
                     for d in list {
+                        // router-http keeps invalid inbound items there; they are not events.
+                        if d.destination == "rejected" {
+                            println!(
+                                "rejected: {} invalid inbound items (see dead-letters/rejected.jsonl; not replayable)",
+                                d.count
+                            );
+                            continue;
+                        }
                         println!(
                             "{}: {} dead letters ({} replayable)",
                             d.destination, d.count, d.replayable
@@ -319,19 +327,19 @@ fn main() -> ExitCode {
             println!("data_dir: {}", c.data_dir.display());
             println!(
                 "posthog: {}",
-                if c.posthog.api_key.is_some() {
+                if c.posthog_destination().has_credentials() {
                     c.posthog.host.clone()
                 } else {
                     "no api_key: outbox file".into()
                 }
             );
-            let mp_creds = c.mixpanel.token.is_some() || c.mixpanel.api_secret.is_some();
+            let mp_creds = c.mixpanel_destination().has_credentials();
             println!(
                 "mixpanel: {}",
                 if mp_creds {
                     c.mixpanel.host.clone()
                 } else {
-                    "no token: outbox file".into()
+                    "no token or service account: outbox file".into()
                 }
             );
             println!("routing:");

@@ -237,3 +237,19 @@ fn buffer_inspect_reads_an_empty_log_and_names_a_missing_dir() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot inspect /nonexistent-dir/buffer"));
 }
+
+#[test]
+fn the_readme_config_example_is_valid() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let at = readme.find("## Configuration").unwrap();
+    let start = readme[at..].find("```toml\n").unwrap() + at + 8;
+    let end = readme[start..].find("```").unwrap() + start;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("router.toml");
+    std::fs::write(&cfg, &readme[start..end]).unwrap();
+    let o = run(&["check", "--config", cfg.to_str().unwrap()], "");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("posthog: no api_key: outbox file"), "{out}");
+}
