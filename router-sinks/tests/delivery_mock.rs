@@ -807,3 +807,40 @@ async fn mixpanel_service_account_and_old_posthog_events() {
     );
     log.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_gives_up_on_a_hung_request_after_the_grace_and_keeps_its_events() {
+    let h = Harness::new(&["posthog"]).await;
+    h.mock.inject(Destination::Posthog, Fault::hang());
+    let events: Vec<Event> = (0..5).map(track).collect();
+    append(&h.log, &events, &["posthog"]).await;
+    let cfg = DeliveryConfig {
+        request_timeout_ms: 30_000,
+        shutdown_grace_ms: 200,
+        ..config()
+    };
+    let d = h.start(&cfg, vec![h.posthog()]);
+    h.mock
+        .wait_until(|s| s.posthog.hung_requests >= 1, WAIT)
+        .await
+        .unwrap();
+    let t0 = tokio::time::Instant::now();
+    d.shutdown().await.unwrap();
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(150) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_eq!(h.backlog("posthog"), 5, "nothing acknowledged");
+    assert!(h.dead_letters("posthog").is_empty());
+
+    // The next start delivers them.
+    h.mock.clear_faults();
+    let d = h.start(&cfg, vec![h.posthog()]);
+    h.mock
+        .wait_for_events(Destination::Posthog, 5, WAIT)
+        .await
+        .unwrap();
+    h.wait_acked("posthog").await;
+    d.shutdown().await.unwrap();
+}
