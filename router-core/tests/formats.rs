@@ -482,3 +482,107 @@ fn ga4_debug_validation_messages() {
         2
     );
 }
+
+fn posthog(
+    p: &router_core::Pipeline,
+    body: &[u8],
+    form: bool,
+) -> Result<router_core::parse::Batch, RequestError> {
+    let mut body = body.to_vec();
+    let mut ids = router_core::parse::SequentialIds::new("gen-");
+    p.parser().parse_posthog(
+        &mut body,
+        form,
+        &mut router_core::parse::Ingest {
+            received_at: now(),
+            ids: &mut ids,
+        },
+    )
+}
+
+#[test]
+fn posthog_sdk_payloads() {
+    let p = pipeline();
+    // posthog-node: batch envelope with api_key and sent_at.
+    let b = posthog(
+        &p,
+        br#"{"api_key":"phc_x","sent_at":"2025-01-28T12:00:05Z","batch":[
+            {"event":"Sign Up","distinct_id":"u1","uuid":"0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b","timestamp":"2025-01-28T12:00:00Z","properties":{"plan":"pro","$lib":"posthog-node"}},
+            {"event":"$identify","distinct_id":"u1","properties":{"$anon_distinct_id":"anon-1","$set":{"email":"a@b.c"},"$set_once":{"src":"ads"}}},
+            {"event":"x"}
+        ]}"#,
+        false,
+    )
+    .unwrap();
+    assert_eq!(b.write_key.as_deref(), Some("phc_x"));
+    let acc: Vec<_> = b.accepted().collect();
+    assert_eq!(acc.len(), 2);
+    assert_eq!(acc[0].message_id, "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b");
+    assert_eq!(acc[0].user_id.as_deref(), Some("u1"));
+    assert_eq!(
+        acc[0].timestamp.to_string(),
+        "2025-01-28T11:59:55.000Z",
+        "skew corrected with sent_at"
+    );
+    assert_eq!(acc[0].context["library"]["name"], "posthog-node");
+    assert_eq!(acc[0].source, Source::Posthog);
+    assert_eq!(
+        (acc[1].kind, acc[1].name.as_str()),
+        (Kind::Identify, "$identify")
+    );
+    assert_eq!(acc[1].anonymous_id.as_deref(), Some("anon-1"));
+    assert_eq!(acc[1].traits["email"], "a@b.c");
+    assert_eq!(acc[1].traits["$set_once"]["src"], "ads");
+    assert_eq!(b.rejected().next().unwrap().1.field, "distinct_id");
+    assert_eq!(route(&p, acc[1]).0, ["mixpanel", "posthog"]);
+}
+
+#[test]
+fn posthog_js_forms_base64_and_special_events() {
+    use base64::Engine;
+    let p = pipeline();
+    let json = r#"[{"event":"$pageview","properties":{"distinct_id":"dev-1","$device_id":"dev-1","$current_url":"https://a.io/?utm_source=x","token":"phc_y"}},
+                   {"event":"$create_alias","properties":{"distinct_id":"u2","alias":"dev-1"}},
+                   {"event":"$groupidentify","distinct_id":"u2","properties":{"$group_type":"company","$group_key":"acme","$group_set":{"plan":"pro"}}},
+                   {"event":"Clicked","distinct_id":"dev-9","properties":{"$is_identified":false}}]"#;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(json);
+    let form = format!("data={}&compression=base64", b64.replace('+', "%2B"));
+    for (body, is_form) in [
+        (json.as_bytes().to_vec(), false),
+        (form.into_bytes(), true),
+        (b64.into_bytes(), false),
+    ] {
+        let b = posthog(&p, &body, is_form).unwrap();
+        let acc: Vec<_> = b.accepted().collect();
+        assert_eq!(acc.len(), 4, "{:?}", b.items);
+        assert_eq!(
+            (acc[0].kind, acc[0].name.as_str()),
+            (Kind::Page, "Page View")
+        );
+        assert_eq!(
+            acc[0].anonymous_id.as_deref(),
+            Some("dev-1"),
+            "the device id is anonymous"
+        );
+        assert_eq!(acc[0].user_id, None);
+        assert_eq!(acc[0].context["page"]["url"], "https://a.io/?utm_source=x");
+        assert_eq!(acc[0].properties["utm_source"], "x");
+        assert_eq!(
+            (acc[1].kind, acc[1].previous_id.as_deref()),
+            (Kind::Alias, Some("dev-1"))
+        );
+        assert_eq!(
+            (acc[2].kind, acc[2].group_id.as_deref()),
+            (Kind::Group, Some("acme"))
+        );
+        assert_eq!(acc[2].traits["plan"], "pro");
+        assert_eq!(acc[3].anonymous_id.as_deref(), Some("dev-9"));
+        assert_eq!(
+            b.write_key.as_deref(),
+            None,
+            "tokens inside properties are not envelope keys"
+        );
+    }
+    assert_eq!(posthog(&p, b"data=%%%", true).unwrap_err().field(), "data");
+    assert_eq!(posthog(&p, b"plain=1", true).unwrap_err().field(), "data");
+}

@@ -213,6 +213,9 @@ proptest! {
         }
         let _ = p.parser().parse_ga4(&mut bytes.clone(), &mut Ingest { received_at: now, ids: &mut ids });
         let _ = p.parser().validate_ga4(&mut bytes.clone());
+        for form in [false, true] {
+            let _ = p.parser().parse_posthog(&mut bytes.clone(), form, &mut Ingest { received_at: now, ids: &mut ids });
+        }
     }
 
     #[test]

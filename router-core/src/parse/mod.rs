@@ -7,6 +7,7 @@
 
 mod convert;
 mod ga4;
+mod posthog;
 mod segment;
 
 use std::collections::BTreeMap;
