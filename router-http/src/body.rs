@@ -21,11 +21,24 @@ pub(crate) enum Encoding {
 
 /// Checks `Content-Type` (JSON, `text/plain` from `navigator.sendBeacon`, or none) and
 /// `Content-Encoding` (`gzip`, `identity`, or none); 415 otherwise.
+#[cfg(test)]
 pub(crate) fn check_headers(headers: &HeaderMap) -> Result<Encoding, ApiError> {
+    check_headers_for(headers, false).map(|(e, _)| e)
+}
+
+/// [`check_headers`], also accepting `application/x-www-form-urlencoded` when `allow_form`
+/// (PostHog's `data=` bodies); says whether the body is a form.
+pub(crate) fn check_headers_for(
+    headers: &HeaderMap,
+    allow_form: bool,
+) -> Result<(Encoding, bool), ApiError> {
+    let mut form = false;
     if let Some(ct) = headers.get(CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
         let essence = ct.split(';').next().unwrap_or("").trim();
+        form = allow_form && essence.eq_ignore_ascii_case("application/x-www-form-urlencoded");
         let ok = essence.is_empty()
+            || form
             || essence.eq_ignore_ascii_case("application/json")
             || essence.eq_ignore_ascii_case("text/plain");
         if !ok {
@@ -49,7 +62,7 @@ pub(crate) fn check_headers(headers: &HeaderMap) -> Result<Encoding, ApiError> {
             }
         }
     }
-    Ok(encoding)
+    Ok((encoding, form))
 }
 
 fn unsupported_encoding(what: &str) -> ApiError {

@@ -111,6 +111,8 @@ pub struct BodyLimits {
     pub segment: usize,
     /// `POST /mp/collect` and `/debug/mp/collect` (GA4).
     pub ga4: usize,
+    /// `POST /capture/`, `/batch/`, `/e/`, `/i/v0/e/` (PostHog SDKs).
+    pub posthog: usize,
 }
 
 impl Default for BodyLimits {
@@ -119,6 +121,7 @@ impl Default for BodyLimits {
             collect: DEFAULT_MAX_COLLECT_BYTES,
             segment: DEFAULT_MAX_SEGMENT_BYTES,
             ga4: DEFAULT_MAX_GA4_BYTES,
+            posthog: DEFAULT_MAX_COLLECT_BYTES,
         }
     }
 }

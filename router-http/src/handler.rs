@@ -36,6 +36,7 @@ pub(crate) enum Route {
     Segment(SegmentCall),
     Ga4,
     Ga4Debug,
+    Posthog,
     Health,
     Ready,
     Metrics,
@@ -54,6 +55,7 @@ impl Route {
             "/collect" => Route::Collect,
             "/mp/collect" => Route::Ga4,
             "/debug/mp/collect" => Route::Ga4Debug,
+            "/capture" | "/batch" | "/e" | "/i/v0/e" => Route::Posthog,
             "/health" => Route::Health,
             "/ready" => Route::Ready,
             "/metrics" => Route::Metrics,
@@ -70,6 +72,7 @@ impl Route {
             Route::Segment(_) => Endpoint::Segment,
             Route::Ga4 => Endpoint::Ga4,
             Route::Ga4Debug => Endpoint::Ga4Debug,
+            Route::Posthog => Endpoint::Posthog,
             Route::Health => Endpoint::Health,
             Route::Ready => Endpoint::Ready,
             Route::Metrics => Endpoint::Metrics,
@@ -92,6 +95,7 @@ impl Route {
             },
             Route::Ga4 => "/mp/collect",
             Route::Ga4Debug => "/debug/mp/collect",
+            Route::Posthog => "/batch",
             Route::Health => "/health",
             Route::Ready => "/ready",
             Route::Metrics => "/metrics",
@@ -330,7 +334,16 @@ where
             retry_after_secs: retry_after_secs(wait),
         }
     })?;
-    let encoding = body::check_headers(&parts.headers)?;
+    let (encoding, form) = body::check_headers_for(&parts.headers, route == Route::Posthog)?;
+    if route == Route::Posthog {
+        let compression = auth::query_param(parts.uri.query(), "compression").unwrap_or_default();
+        if compression.eq_ignore_ascii_case("lz64") || compression.eq_ignore_ascii_case("lz-string")
+        {
+            return Err(ApiError::Unsupported(
+                "lz64 compression is not supported; send gzip-js or plain JSON".into(),
+            ));
+        }
+    }
     let (keys, presented) = credentials(state, route, parts);
     match (&presented, route) {
         (_, Route::Ga4Debug) => {}
@@ -345,11 +358,22 @@ where
     let cap = match route {
         Route::Collect => cfg.max_body_bytes.collect,
         Route::Segment(_) => cfg.max_body_bytes.segment,
+        Route::Posthog => cfg.max_body_bytes.posthog,
         _ => cfg.max_body_bytes.ga4,
     };
     let deadline = std::time::Duration::from_millis(cfg.body_read_timeout_ms);
     let raw = body::read(body, &parts.headers, cap, deadline).await?;
     let mut buf = body::decode(raw, encoding, cfg.max_decompressed_bytes)?;
+    // posthog-js sends gzip with `?compression=gzip-js` and no Content-Encoding: PostHog
+    // detects it by its magic bytes, and so do we (with the same cap).
+    if route == Route::Posthog && buf.starts_with(&[0x1f, 0x8b]) && encoding != body::Encoding::Gzip
+    {
+        buf = body::decode(
+            Bytes::from(buf),
+            body::Encoding::Gzip,
+            cfg.max_decompressed_bytes,
+        )?;
+    }
     let parser = inner.pipeline.parser();
     if route == Route::Ga4Debug {
         return Ok(ga4_debug(parser.validate_ga4(&mut buf)));
@@ -364,6 +388,7 @@ where
         let parsed = match route {
             Route::Collect => parser.parse_collect(&mut buf, &mut ctx),
             Route::Segment(call) => parser.parse_segment(call, &mut buf, &mut ctx),
+            Route::Posthog => parser.parse_posthog(&mut buf, form, &mut ctx),
             _ => parser.parse_ga4(&mut buf, &mut ctx),
         };
         (parsed, buf.len())
@@ -372,7 +397,9 @@ where
     let batch = parsed.map_err(|e| request_error(&e))?;
     if presented.is_none() {
         match (&batch.write_key, route) {
-            (Some(k), Route::Collect | Route::Segment(_)) => admit_key(state, keys, k)?,
+            (Some(k), Route::Collect | Route::Segment(_) | Route::Posthog) => {
+                admit_key(state, keys, k)?
+            }
             _ if keys.is_required() => {
                 inner.metrics.auth_failures.fetch_add(1, Ordering::Relaxed);
                 return Err(ApiError::Unauthorized(

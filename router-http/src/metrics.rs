@@ -35,6 +35,7 @@ pub(crate) enum Endpoint {
     Segment,
     Ga4,
     Ga4Debug,
+    Posthog,
     Health,
     Ready,
     Metrics,
@@ -42,21 +43,23 @@ pub(crate) enum Endpoint {
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 8] = [
+    const ALL: [Endpoint; 9] = [
         Endpoint::Collect,
         Endpoint::Segment,
         Endpoint::Ga4,
         Endpoint::Ga4Debug,
+        Endpoint::Posthog,
         Endpoint::Health,
         Endpoint::Ready,
         Endpoint::Metrics,
         Endpoint::Unknown,
     ];
-    const INGEST: [Endpoint; 4] = [
+    const INGEST: [Endpoint; 5] = [
         Endpoint::Collect,
         Endpoint::Segment,
         Endpoint::Ga4,
         Endpoint::Ga4Debug,
+        Endpoint::Posthog,
     ];
 
     pub(crate) fn label(self) -> &'static str {
@@ -65,6 +68,7 @@ impl Endpoint {
             Endpoint::Segment => "segment",
             Endpoint::Ga4 => "ga4",
             Endpoint::Ga4Debug => "ga4_debug",
+            Endpoint::Posthog => "posthog",
             Endpoint::Health => "health",
             Endpoint::Ready => "ready",
             Endpoint::Metrics => "metrics",

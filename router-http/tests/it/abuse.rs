@@ -16,6 +16,7 @@ async fn oversized_bodies_are_413() {
             collect: 1000,
             segment: 2000,
             ga4: 500,
+            posthog: 700,
         },
         ..test_config()
     })

@@ -5,4 +5,5 @@ mod auth;
 mod browser;
 mod ingest;
 mod lifecycle;
+mod posthog;
 mod support;
