@@ -113,8 +113,24 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
-/// The `accepted` count of a `{"status":"ok","accepted":N}` answer.
+/// The `accepted` count of a `{"status":"ok","accepted":N}` answer (a byte scan for the
+/// usual compact form, a JSON parse otherwise).
 pub fn parse_accepted(body: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\"accepted\":";
+    if let Some(at) = body.windows(KEY.len()).position(|w| w == KEY) {
+        let digits: Vec<u8> = body[at + KEY.len()..]
+            .iter()
+            .copied()
+            .skip_while(|b| *b == b' ')
+            .take_while(u8::is_ascii_digit)
+            .collect();
+        if let Some(n) = std::str::from_utf8(&digits)
+            .ok()
+            .and_then(|d| d.parse().ok())
+        {
+            return Some(n);
+        }
+    }
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     value.get("accepted")?.as_u64()
 }
@@ -354,6 +370,15 @@ mod tests {
     #[test]
     fn accepted_count() {
         assert_eq!(parse_accepted(br#"{"status":"ok","accepted":7}"#), Some(7));
+        assert_eq!(
+            parse_accepted(br#"{"accepted":120,"status":"ok"}"#),
+            Some(120)
+        );
+        assert_eq!(
+            parse_accepted(br#"{"status": "ok", "accepted": 3 }"#),
+            Some(3)
+        );
+        assert_eq!(parse_accepted(br#"{"accepted":"x"}"#), None);
         assert_eq!(parse_accepted(br#"{"status":"ok"}"#), None);
         assert_eq!(parse_accepted(b"nope"), None);
     }
