@@ -1,114 +1,13 @@
 //! `events-router serve` end to end: a real child process, real sockets on 127.0.0.1, the
 //! strict mock PostHog and Mixpanel from `perf`.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{Router, cli};
 use perf::mock::{Destination, Fault, MockConfig, MockDestinations, MockHandle};
 use serde_json::Value;
-
-/// A running router; SIGKILLed on drop if still alive.
-struct Router {
-    child: Child,
-    url: String,
-    stderr: std::sync::mpsc::Receiver<String>,
-    /// Log lines up to "Listening".
-    startup: Vec<String>,
-}
-
-impl Router {
-    /// Starts `serve` on an OS-chosen port and waits until it says where it listens.
-    // The child is waited for by `terminate` or `Drop`.
-    #[allow(clippy::zombie_processes)]
-    fn start(data_dir: &Path, mock: Option<&MockHandle>, extra_env: &[(&str, &str)]) -> Router {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_events-router"));
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--data-dir",
-        ])
-        .arg(data_dir)
-        .env("RUST_LOG", "info")
-        .env_remove("ROUTER_CONFIG")
-        .env_remove("POSTHOG_API_KEY")
-        .env_remove("MIXPANEL_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        if let Some(m) = mock {
-            cmd.env("POSTHOG_API_KEY", &m.config().posthog.api_key)
-                .env("POSTHOG_HOST", m.posthog_url())
-                .env("MIXPANEL_TOKEN", &m.config().mixpanel.token)
-                .env("MIXPANEL_API_HOST", m.mixpanel_url());
-        }
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut startup = Vec::new();
-        loop {
-            let line = rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("router did not report its address in time");
-            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            startup.push(line);
-            if let Some(addr) = v["fields"]["addr"].as_str() {
-                if v["fields"]["message"]
-                    .as_str()
-                    .unwrap_or("")
-                    .contains("Listening")
-                {
-                    return Router {
-                        child,
-                        url: format!("http://{addr}"),
-                        stderr: rx,
-                        startup,
-                    };
-                }
-            }
-        }
-    }
-
-    /// SIGTERM, then the exit code (within a bound).
-    fn terminate(mut self) -> (Option<i32>, Vec<String>) {
-        let pid = i32::try_from(self.child.id()).unwrap();
-        #[allow(unsafe_code)]
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let lines = self.stderr.try_iter().collect();
-                return (status.code(), lines);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("router did not exit within 30 s of SIGTERM");
-    }
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn examples() -> Vec<String> {
     std::fs::read_to_string(concat!(
@@ -273,20 +172,6 @@ async fn without_credentials_events_go_to_outbox_files() {
         lines.iter().any(|l| l.contains("SIGTERM received")),
         "{lines:?}"
     );
-}
-
-fn cli(args: &[&str]) -> (Option<i32>, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_events-router"))
-        .args(args)
-        .env_remove("ROUTER_CONFIG")
-        .env_remove("ROUTER_DATA_DIR")
-        .output()
-        .unwrap();
-    (
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
