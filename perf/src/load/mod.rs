@@ -38,8 +38,8 @@ use serde::Serialize;
 
 pub use events::Mix;
 pub use report::{
-    BacklogFigures, DestinationFigures, LatencyFigures, LoadFigures, Report, RouterFigures,
-    SustainedFigures, TimelineRow,
+    BacklogFigures, DestinationFigures, LatencyFigures, LoadFigures, MachineFigures, Report,
+    RouterFigures, SustainedFigures, TimelineRow,
 };
 pub use router::ExitInfo;
 
@@ -406,6 +406,8 @@ pub async fn run(opts: Options) -> Result<Report, Error> {
     );
     let progress = Arc::new(Progress::default());
     let harness_cpu_start = procfs::sample(std::process::id()).map_or(0.0, |p| p.cpu_secs);
+    let loadavg_start = procfs::loadavg();
+    let busy_start = procfs::machine_busy_secs();
     let load_start = Instant::now();
     let sampler = Sampler::spawn(
         pid,
@@ -417,6 +419,22 @@ pub async fn run(opts: Options) -> Result<Report, Error> {
     let outcome = drive::drive(plan, events::Generator::new(opts.mix), progress.clone()).await;
     let at_load_end = snapshot(pid, data_dir.as_deref());
     let stats_at_load_end = mock.stats();
+    let load_wall = load_start.elapsed().as_secs_f64();
+    let busy_cores = busy_start
+        .zip(procfs::machine_busy_secs())
+        .map(|(a, b)| (b - a) / load_wall.max(1e-9));
+    let harness_load_cpu =
+        procfs::sample(std::process::id()).map_or(0.0, |p| p.cpu_secs) - harness_cpu_start;
+    let router_load_cpu =
+        at_load_end.proc.map_or(0.0, |p| p.cpu_secs) - at_ready.proc.map_or(0.0, |p| p.cpu_secs);
+    let machine = MachineFigures {
+        cpus: std::thread::available_parallelism().map_or(0, usize::from),
+        loadavg_start,
+        loadavg_end: procfs::loadavg(),
+        busy_cores,
+        other_cores: busy_cores
+            .map(|b| (b - (harness_load_cpu + router_load_cpu) / load_wall.max(1e-9)).max(0.0)),
+    };
     say(
         &opts,
         format!(
@@ -501,6 +519,7 @@ pub async fn run(opts: Options) -> Result<Report, Error> {
         sampled,
         exit,
         harness_cpu,
+        machine,
         log_tail,
         run_dir: run_dir_path,
     });

@@ -49,6 +49,37 @@ fn stat_cpu_secs(stat: &str) -> Option<f64> {
     Some((utime + stime) as f64 / TICKS_PER_SEC)
 }
 
+/// CPU seconds all processes of the machine have spent busy (not idle or waiting for I/O)
+/// since boot, from the first line of `/proc/stat`.
+pub fn machine_busy_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    busy_secs(stat.lines().next()?)
+}
+
+fn busy_secs(cpu_line: &str) -> Option<f64> {
+    let mut fields = cpu_line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let v: Vec<u64> = fields.take(8).filter_map(|f| f.parse().ok()).collect();
+    if v.len() < 5 {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal
+    let busy: u64 = v.iter().sum::<u64>() - v[3] - v[4];
+    Some(busy as f64 / TICKS_PER_SEC)
+}
+
+/// The 1-minute load average.
+pub fn loadavg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Total length of the regular files under `dir` (0 when it does not exist).
 pub fn dir_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -79,6 +110,14 @@ mod tests {
         let status = "Name:\tx\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
         assert_eq!(status_kib(status, "VmHWM:"), Some(20480));
         assert_eq!(status_kib(status, "VmRSS:"), Some(10240));
+    }
+
+    #[test]
+    fn machine_figures() {
+        assert_eq!(busy_secs("cpu  100 0 50 1000 30 5 5 0 0 0"), Some(1.6));
+        assert_eq!(busy_secs("intr 1 2 3"), None);
+        assert!(machine_busy_secs().is_some_and(|s| s > 0.0));
+        assert!(loadavg().is_some());
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct Report {
     pub sustained: Option<SustainedFigures>,
     /// CPU seconds the harness itself (load generator plus mocks) used during the run.
     pub harness_cpu_seconds: f64,
+    /// The machine while the load ran: how quiet it was.
+    pub machine: MachineFigures,
     /// One row a second from the start of the load.
     pub timeline: Vec<TimelineRow>,
     /// The last lines of the router's log when something went wrong.
@@ -166,6 +168,22 @@ pub struct BacklogFigures {
     pub drain_per_sec: Option<f64>,
 }
 
+/// The machine during the load, to tell a quiet run from a contended one.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MachineFigures {
+    /// Logical CPUs.
+    pub cpus: usize,
+    /// 1-minute load average before the load.
+    pub loadavg_start: Option<f64>,
+    /// 1-minute load average after the load.
+    pub loadavg_end: Option<f64>,
+    /// Cores all processes kept busy during the load.
+    pub busy_cores: Option<f64>,
+    /// Cores kept busy by processes other than the router and this harness during the load
+    /// (other work on the machine competing with the run).
+    pub other_cores: Option<f64>,
+}
+
 /// Whether delivery kept up during the load: rates over the timeline rows from 1 s into
 /// the load to its end, counting (event, destination) pairs.
 #[derive(Debug, Clone, Serialize)]
@@ -246,6 +264,7 @@ pub(super) struct Inputs<'a> {
     pub(super) sampled: SamplerState,
     pub(super) exit: Option<ExitInfo>,
     pub(super) harness_cpu: f64,
+    pub(super) machine: MachineFigures,
     pub(super) log_tail: String,
     pub(super) run_dir: Option<PathBuf>,
 }
@@ -396,6 +415,7 @@ pub(super) fn build(i: Inputs<'_>) -> Report {
         router,
         backlog,
         harness_cpu_seconds: i.harness_cpu,
+        machine: i.machine,
         sustained: sustained(&i.sampled.timeline, load_secs),
         timeline: i.sampled.timeline,
         router_log_tail: i.log_tail,
@@ -540,10 +560,37 @@ impl Report {
                 opt(b.drain_per_sec, 0)
             );
         }
+        if let Some(s) = &self.sustained {
+            let _ = writeln!(
+                t,
+                "sustained     over {:.1} s of load: accepted {:.0} | delivered {:.0} (event, destination) pairs/s | backlog {} -> {} (max {})",
+                s.window_seconds,
+                s.accepted_pairs_per_sec,
+                s.delivered_pairs_per_sec,
+                s.backlog_start,
+                s.backlog_end,
+                s.backlog_max
+            );
+        }
         let _ = writeln!(
             t,
             "harness CPU   {:.2} s (load generator + mocks)",
             self.harness_cpu_seconds
+        );
+        let m = &self.machine;
+        let _ = writeln!(
+            t,
+            "machine       {} CPUs | load average {} -> {} | busy {} cores during the load, {} of them other processes{}",
+            m.cpus,
+            opt(m.loadavg_start, 2),
+            opt(m.loadavg_end, 2),
+            opt(m.busy_cores, 2),
+            opt(m.other_cores, 2),
+            if m.other_cores.is_some_and(|c| c > 0.25) {
+                " (CONTENDED: figures understate the router)"
+            } else {
+                ""
+            }
         );
         let verdict = if !self.verified {
             "NOT VERIFIED".to_owned()
