@@ -114,6 +114,8 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport, BufferError> {
         next_seq: 0,
         inspected_at_ms: now,
     };
+    // (highest end seq so far, whether the segment that ends there has a corrupt tail); see
+    // `Log::open`.
     let mut prev_end: Option<(u64, bool)> = None;
     for (base, path) in &listing.segments {
         let file_name = path
@@ -183,7 +185,10 @@ pub fn inspect(dir: impl AsRef<Path>) -> Result<InspectReport, BufferError> {
                 }
             }
         }
-        prev_end = Some((end, info.tail_bytes > 0));
+        prev_end = Some(match prev_end {
+            Some(p) if p.0 > end => p,
+            _ => (end, info.tail_bytes > 0),
+        });
         report.total_bytes += len;
         report.total_records += info.records;
         report.corrupt_records += info.corrupt_records;

@@ -276,8 +276,14 @@ impl Log {
                 .map(|v| v.into_iter().min().unwrap_or(0))
         };
         if let Some(min) = min_cursor {
+            // A segment ends where the next one begins only if that next one is a real
+            // segment: a stray file named like one (inside this segment's range) proves
+            // nothing, and this segment would be deleted with records no one has.
             let mut keep_from = 0;
-            while keep_from + 1 < seg_list.len() && seg_list[keep_from + 1].0 <= min {
+            while keep_from + 1 < seg_list.len()
+                && seg_list[keep_from + 1].0 <= min
+                && starts_at_its_base(&seg_list[keep_from + 1].1, seg_list[keep_from + 1].0)?
+            {
                 keep_from += 1;
             }
             for (_, path) in seg_list.drain(..keep_from) {
@@ -291,12 +297,28 @@ impl Log {
 
         // Scan every remaining segment.
         let mut segments: BTreeMap<u64, Arc<SegmentMeta>> = BTreeMap::new();
-        let mut prev_end: Option<(u64, bool)> = None; // (end seq, had a corrupt tail)
+        // (highest end seq so far, whether the segment that ends there has a corrupt tail): a
+        // segment whose range lies inside an earlier one (a stray file named like a segment)
+        // neither moves the end back nor makes the records after it look lost.
+        let mut prev_end: Option<(u64, bool)> = None;
         let n_segs = seg_list.len();
         let mut bytes_on_disk = 0u64;
         for (i, (base, path)) in seg_list.into_iter().enumerate() {
-            let is_last = i + 1 == n_segs;
+            // Segments are created at the next sequence number, past every record: a file
+            // named inside the range already seen is not one of ours unless it holds records.
+            // It is never cut, never appended to, and left alone (reported as garbage).
+            let stray = prev_end.is_some_and(|(end, _)| base < end);
+            let is_last = i + 1 == n_segs && !stray;
             let scan = scan_segment(&path, base, is_last)?;
+            if stray && scan.records == 0 {
+                tracing::warn!(segment = %path.display(), "Buffer file named like a segment inside the range of an earlier one, without records: ignored.");
+                report.garbage_files.push(
+                    path.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                );
+                continue;
+            }
             if let Some((end, tail)) = prev_end {
                 if base > end {
                     if tail {
@@ -316,10 +338,16 @@ impl Log {
             }
             if !is_last && scan.file_len == 0 {
                 fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?;
-                prev_end = Some((base, false));
+                prev_end = Some(match prev_end {
+                    Some(p) if p.0 > base => p,
+                    _ => (base, false),
+                });
                 continue;
             }
-            prev_end = Some((scan.end_seq, scan.tail_bytes > 0 && !is_last));
+            prev_end = Some(match prev_end {
+                Some(p) if p.0 > scan.end_seq => p,
+                _ => (scan.end_seq, scan.tail_bytes > 0 && !is_last),
+            });
             bytes_on_disk += scan.file_len;
             let meta = SegmentMeta::new(base, path);
             meta.durable_len.store(scan.valid_len, Ordering::Relaxed);
@@ -345,9 +373,12 @@ impl Log {
         let next_seq = data_end.max(max_cursor);
 
         // The active segment: the last one if appending to it is seamless, else a new one.
+        // (A last segment that still ends in bad bytes, because a stray file sorted after it
+        // when it was scanned, is not appended to.)
         let reuse = segments.values().next_back().filter(|s| {
             s.end_seq.load(Ordering::Relaxed) == next_seq
                 && s.file_len.load(Ordering::Relaxed) < config.segment_max_bytes
+                && s.file_len.load(Ordering::Relaxed) == s.durable_len.load(Ordering::Relaxed)
         });
         let (active, file) = match reuse {
             Some(s) => {
@@ -829,6 +860,21 @@ struct SegmentScan {
 }
 
 /// Scans a segment; cuts a bad tail off the last segment (and syncs it).
+/// Whether the segment file begins with a valid record numbered `base` (what every segment
+/// the writer made begins with, unless that record was damaged since).
+fn starts_at_its_base(path: &Path, base: u64) -> Result<bool, BufferError> {
+    let file = File::open(path).ctx(|| format!("opening {}", path.display()))?;
+    let len = file
+        .metadata()
+        .ctx(|| format!("stat of {}", path.display()))?
+        .len();
+    let mut scanner = Scanner::new(std::io::BufReader::new(file), 0, len, base, RECOVERY_CHUNK);
+    let first = scanner
+        .next_item()
+        .ctx(|| format!("reading {}", path.display()))?;
+    Ok(matches!(first, Some(ScanItem::Record(r)) if r.seq == base && r.offset == 0))
+}
+
 fn scan_segment(path: &Path, base: u64, is_last: bool) -> Result<SegmentScan, BufferError> {
     let file = File::open(path).ctx(|| format!("opening {}", path.display()))?;
     let file_len = file
