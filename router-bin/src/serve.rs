@@ -6,7 +6,7 @@ use router_core::Pipeline;
 use router_http::{AppState, MetricsSource};
 use router_sinks::buffer::Log;
 use router_sinks::delivery::{Delivery, DestinationSpec};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
 use crate::config::Config;
 
@@ -31,7 +31,7 @@ pub async fn run(config: Config, pipeline: Pipeline) -> Result<(), String> {
     )
     .map_err(|e| format!("server.{e}"))?;
     state.add_metrics_source(Arc::new(DeliveryMetricsSource(delivery.metrics().to_vec())));
-    let listener = TcpListener::bind(&config.listen)
+    let listener = bind(&config.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
 
@@ -52,6 +52,36 @@ pub async fn run(config: Config, pipeline: Pipeline) -> Result<(), String> {
         .map_err(|e| format!("closing the buffer: {e}"))?;
     tracing::info!("Stopped.");
     Ok(())
+}
+
+/// Accept queue of the listening socket (the kernel caps it at `net.core.somaxconn`).
+/// `TcpListener::bind` (mio, like std) asks for 128: a burst of new connections while the
+/// accept loop is busy overflows that, the kernel drops the SYNs, and each client waits a
+/// second (then 3, then 7) for its retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `listen` (an address or `host:port`) with [`LISTEN_BACKLOG`].
+async fn bind(listen: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(listen).await? {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        // As TcpListener::bind: rebind at once after a restart.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr) {
+            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        )
+    }))
 }
 
 /// The sink of each destination the routing table names.

@@ -680,8 +680,10 @@ pub struct Delivered {
     pub mixpanel_duplicates: usize,
     /// Acknowledged (id, destination) pairs not delivered.
     pub missing: Vec<(String, &'static str)>,
-    /// Ids delivered to a destination their routing does not name, or never posted.
+    /// Posted ids delivered to a destination their routing does not name.
     pub unexpected: Vec<(String, &'static str)>,
+    /// Delivered ids that were never posted through the ledger.
+    pub foreign: usize,
     /// Copies of one id whose identity fields differ (they would not collapse).
     pub inconsistent: Vec<String>,
 }
@@ -695,7 +697,7 @@ impl Delivered {
     /// One line of figures.
     pub fn figures(&self) -> String {
         format!(
-            "acked ids {}, expected deliveries {}, posthog events {} (duplicates {}), mixpanel events {} (duplicates {}), missing {}, unexpected {}, inconsistent {}",
+            "acked ids {}, expected deliveries {}, posthog events {} (duplicates {}), mixpanel events {} (duplicates {}), missing {}, misrouted {}, not posted by the test client {}, inconsistent {}",
             self.acked,
             self.expected_pairs,
             self.posthog_events,
@@ -704,6 +706,7 @@ impl Delivered {
             self.mixpanel_duplicates,
             self.missing.len(),
             self.unexpected.len(),
+            self.foreign,
             self.inconsistent.len()
         )
     }
@@ -753,15 +756,18 @@ pub fn check_delivery(mock: &MockHandle, ledger: &Ledger) -> Delivered {
                     }
                 }
                 None => {
-                    let wanted = routing.get(&id).is_some_and(|d| {
-                        if name == "posthog" {
-                            d.posthog()
-                        } else {
-                            d.mixpanel()
+                    match routing.get(&id) {
+                        None => out.foreign += 1,
+                        Some(d) => {
+                            let wanted = if name == "posthog" {
+                                d.posthog()
+                            } else {
+                                d.mixpanel()
+                            };
+                            if !wanted {
+                                out.unexpected.push((id.clone(), name));
+                            }
                         }
-                    });
-                    if !wanted {
-                        out.unexpected.push((id.clone(), name));
                     }
                     seen.insert(id, ident);
                 }
