@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use super::error::{BufferError, IoContext};
-use super::segment::{CURSOR_SUFFIX, TMP_SUFFIX, sync_dir};
+use super::segment::{CURSOR_SUFFIX, MAX_SEQ, TMP_SUFFIX, sync_dir};
 
 const CURSOR_MAGIC: &[u8; 8] = b"EVRCUR01";
 const CURSOR_LEN: usize = 20;
@@ -50,7 +50,11 @@ pub(crate) fn read_cursor(path: &Path) -> Result<CursorFile, BufferError> {
     }
     let mut seq = [0u8; 8];
     seq.copy_from_slice(&data[8..16]);
-    Ok(CursorFile::At(u64::from_le_bytes(seq)))
+    match u64::from_le_bytes(seq) {
+        // Beyond any sequence number the log can reach: damage, not a position.
+        seq if seq > MAX_SEQ => Ok(CursorFile::Corrupt),
+        seq => Ok(CursorFile::At(seq)),
+    }
 }
 
 /// Writes a cursor file atomically and durably.
@@ -148,6 +152,9 @@ mod tests {
         let mut d = fs::read(&p).unwrap();
         d[9] ^= 1;
         fs::write(&p, d).unwrap();
+        assert_eq!(read_cursor(&p).unwrap(), CursorFile::Corrupt);
+        // Found by fuzzing: a cursor with no room after it (next_seq would overflow).
+        write_cursor(dir.path(), "posthog", u64::MAX).unwrap();
         assert_eq!(read_cursor(&p).unwrap(), CursorFile::Corrupt);
     }
 }

@@ -357,10 +357,14 @@ impl Log {
             segments.insert(base, Arc::new(meta));
         }
 
+        // Past every record found, not only the last segment's: an earlier segment may hold
+        // higher sequence numbers (files copied or renamed by hand), and numbering new records
+        // below them would give two records one number (found by fuzzing: the reader then
+        // skipped the new one).
         let data_end = segments
             .values()
-            .next_back()
             .map(|s| s.end_seq.load(Ordering::Relaxed))
+            .max()
             .unwrap_or(0);
         let max_cursor = cursors.iter().flatten().copied().max().unwrap_or(0);
         for (d, c) in config.destinations.iter().zip(&cursors) {

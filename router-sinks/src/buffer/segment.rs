@@ -18,18 +18,24 @@ pub(crate) const LOCK_FILE: &str = "LOCK";
 /// An index entry is added at most every this many bytes of a segment.
 pub(crate) const INDEX_EVERY_BYTES: u64 = 64 * 1024;
 
+/// Highest plausible sequence number (2^62: 146 years at a billion records a second). A
+/// segment name or a cursor beyond it can only come from damage or a stray file, and taking
+/// it at face value would leave no room to number records after it (the writer's `seq + 1`
+/// overflowed); such names are treated as unknown files and such cursors as corrupt.
+pub(crate) const MAX_SEQ: u64 = 1 << 62;
+
 /// File name of the segment whose first sequence number is `base`.
 pub(crate) fn segment_file_name(base: u64) -> String {
     format!("{base:020}{SEGMENT_SUFFIX}")
 }
 
-/// Parses a segment file name back into its base sequence number.
+/// Parses a segment file name back into its base sequence number (at most [`MAX_SEQ`]).
 pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
     let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
     if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    digits.parse().ok().filter(|base| *base <= MAX_SEQ)
 }
 
 /// What a directory holds, by kind.
@@ -163,9 +169,12 @@ mod tests {
     fn names_round_trip() {
         assert_eq!(segment_file_name(42), "00000000000000000042.seg");
         assert_eq!(
-            parse_segment_name(&segment_file_name(u64::MAX)),
-            Some(u64::MAX)
+            parse_segment_name(&segment_file_name(MAX_SEQ)),
+            Some(MAX_SEQ)
         );
+        // Found by fuzzing: a base with no room after it is not one of ours.
+        assert_eq!(parse_segment_name(&segment_file_name(u64::MAX)), None);
+        assert_eq!(parse_segment_name(&segment_file_name(MAX_SEQ + 1)), None);
         assert_eq!(parse_segment_name("42.seg"), None);
         assert_eq!(parse_segment_name("0000000000000000004x.seg"), None);
     }
