@@ -251,7 +251,7 @@ impl Sampler {
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut n: u64 = 0;
+            let mut next_row = Duration::ZERO;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
@@ -265,10 +265,12 @@ impl Sampler {
                     st.peak_rss_kib = st.peak_rss_kib.max(p.rss_kib).max(p.hwm_kib);
                 }
                 st.peak_data_bytes = st.peak_data_bytes.max(s.data_bytes);
-                if n % 10 == 0 {
+                let now = start.elapsed();
+                if now >= next_row {
+                    next_row += Duration::from_secs(1);
                     let stats = mock.stats();
                     st.timeline.push(TimelineRow {
-                        t: start.elapsed().as_secs_f64(),
+                        t: now.as_secs_f64(),
                         sent: progress.sent.load(Ordering::Relaxed),
                         accepted: progress.accepted.load(Ordering::Relaxed),
                         delivered_posthog: stats.posthog.unique_events,
@@ -286,7 +288,6 @@ impl Sampler {
                         data_bytes: s.data_bytes,
                     });
                 }
-                n += 1;
             }
         });
         Self { state, stop, task }

@@ -141,6 +141,8 @@ pub fn tail(path: &Path, n: usize) -> String {
 impl RouterProcess {
     /// Starts `binary serve` with its data directory and log under `run_dir`, the
     /// destinations' environment pointing at `mock`, and waits until `GET /ready` answers 200.
+    /// The port is picked ahead (bound, then released), so another socket may take it first:
+    /// when the router then fails to bind, it is started again on a new port.
     pub async fn start(
         binary: &Path,
         config: Option<&Path>,
@@ -151,6 +153,27 @@ impl RouterProcess {
         if !binary.is_file() {
             return Err(Error::RouterMissing(binary.to_path_buf()));
         }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::start_once(binary, config, run_dir, mock, ready_timeout).await {
+                Err(Error::RouterStart(message))
+                    if attempt < 4 && message.to_ascii_lowercase().contains("in use") =>
+                {
+                    let _ = std::fs::remove_dir_all(run_dir.join("data"));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(
+        binary: &Path,
+        config: Option<&Path>,
+        run_dir: &Path,
+        mock: &MockHandle,
+        ready_timeout: Duration,
+    ) -> Result<Self, Error> {
         let data_dir = run_dir.join("data");
         std::fs::create_dir_all(&data_dir)?;
         let log_path = run_dir.join("router.log");
