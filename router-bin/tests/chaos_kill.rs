@@ -145,6 +145,7 @@ async fn acknowledged_events_survive_repeated_sigkill() {
     );
     println!("chaos_kill: {}", d.figures());
     assert_conserved(&d);
+    assert_eq!(d.foreign, 0, "delivered ids that were never posted");
     assert!(
         d.posthog_duplicates + d.mixpanel_duplicates > 0,
         "no duplicate was delivered: the kills never hit between a delivery and its cursor flush, so replay was not exercised"

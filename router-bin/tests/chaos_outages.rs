@@ -204,6 +204,8 @@ async fn storms_of_429_with_and_without_retry_after_lose_nothing() {
         .await
         .unwrap();
     let storm = Duration::from_millis(2500);
+    // The storms start now (a timed fault starts when it is queued first).
+    let started = Instant::now();
     // PostHog asks for a second between attempts; Mixpanel gives no hint.
     mock.inject(
         Destination::Posthog,
@@ -218,7 +220,6 @@ async fn storms_of_429_with_and_without_retry_after_lose_nothing() {
     let config = write_config(dir.path(), FAST_DELIVERY);
     let router = Router::builder(&data).mock(&mock).config(&config).start();
     let ledger = Arc::new(Ledger::new());
-    let started = Instant::now();
     // Posted over the first second of the storm, in 20 requests.
     let client = http_client();
     for i in 0..20u64 {

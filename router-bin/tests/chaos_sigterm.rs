@@ -162,6 +162,7 @@ async fn sigterm_during_load_loses_no_acknowledged_event() {
     );
     println!("chaos_sigterm: {}", d.figures());
     assert_conserved(&d);
+    assert_eq!(d.foreign, 0, "delivered ids that were never posted");
     assert!(ledger.acked_count() > 50, "too little load");
     // A fresh event after the restart.
     let fresh = vec![{

@@ -144,6 +144,16 @@ impl<'a> Start<'a> {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        // If the test process is killed (a CI timeout), its routers die with it.
+        #[allow(unsafe_code)]
+        // SAFETY: prctl(2) only, between fork and exec; it allocates nothing.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let started = Instant::now();
         let mut child = cmd.spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
