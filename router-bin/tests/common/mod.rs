@@ -510,6 +510,8 @@ pub struct Ledger {
 #[derive(Default)]
 struct LedgerInner {
     routing: HashMap<String, Dests>,
+    /// The `properties` each id was posted with.
+    props: HashMap<String, Value>,
     acked: HashSet<String>,
     /// Ids of requests that got no answer (their fate is unknown to the client).
     unanswered: HashSet<String>,
@@ -545,8 +547,9 @@ impl Ledger {
         };
         {
             let mut g = self.inner.lock().unwrap();
-            for (id, _, d) in events {
+            for (id, v, d) in events {
                 g.routing.insert(id.clone(), *d);
+                g.props.insert(id.clone(), v["properties"].clone());
             }
         }
         let started = Instant::now();
@@ -629,6 +632,11 @@ impl Ledger {
         self.inner.lock().unwrap().routing.clone()
     }
 
+    /// The `properties` each id was posted with.
+    pub fn props(&self) -> HashMap<String, Value> {
+        self.inner.lock().unwrap().props.clone()
+    }
+
     /// Ids whose request got no answer.
     pub fn unanswered(&self) -> HashSet<String> {
         self.inner.lock().unwrap().unanswered.clone()
@@ -696,6 +704,8 @@ pub struct Delivered {
     pub foreign: usize,
     /// Copies of one id whose identity fields differ (they would not collapse).
     pub inconsistent: Vec<String>,
+    /// Delivered records whose properties differ from the posted ones: (id, destination, key).
+    pub payload_mismatch: Vec<(String, &'static str, String)>,
 }
 
 impl Delivered {
@@ -707,7 +717,7 @@ impl Delivered {
     /// One line of figures.
     pub fn figures(&self) -> String {
         format!(
-            "acked ids {}, expected deliveries {}, posthog events {} (duplicates {}), mixpanel events {} (duplicates {}), missing {}, misrouted {}, not posted by the test client {}, inconsistent {}",
+            "acked ids {}, expected deliveries {}, posthog events {} (duplicates {}), mixpanel events {} (duplicates {}), missing {}, misrouted {}, not posted by the test client {}, inconsistent {}, payload mismatches {}",
             self.acked,
             self.expected_pairs,
             self.posthog_events,
@@ -717,7 +727,8 @@ impl Delivered {
             self.missing.len(),
             self.unexpected.len(),
             self.foreign,
-            self.inconsistent.len()
+            self.inconsistent.len(),
+            self.payload_mismatch.len()
         )
     }
 }
@@ -744,6 +755,7 @@ fn identity(endpoint: Endpoint, v: &Value) -> (String, Value) {
 /// where their routing says.
 pub fn check_delivery(mock: &MockHandle, ledger: &Ledger) -> Delivered {
     let routing = ledger.routing();
+    let props = ledger.props();
     let acked = ledger.acked();
     let mut out = Delivered {
         acked: acked.len(),
@@ -758,6 +770,14 @@ pub fn check_delivery(mock: &MockHandle, ledger: &Ledger) -> Delivered {
         let mut dups = 0;
         for v in &events {
             let (id, ident) = identity(endpoint, v);
+            // Every posted property arrives with its value (the destination adds its own).
+            if let Some(Value::Object(posted)) = props.get(&id) {
+                for (k, want) in posted {
+                    if v["properties"].get(k) != Some(want) {
+                        out.payload_mismatch.push((id.clone(), name, k.clone()));
+                    }
+                }
+            }
             match seen.get(&id) {
                 Some(prev) => {
                     dups += 1;
@@ -820,7 +840,8 @@ pub async fn wait_delivered(mock: &MockHandle, ledger: &Ledger, timeout: Duratio
 }
 
 /// Asserts the oracle: every acknowledged id delivered where routed, nothing delivered where
-/// not routed, every duplicate identical in its identity fields.
+/// not routed, every copy with the posted properties, every duplicate identical in its
+/// identity fields.
 pub fn assert_conserved(d: &Delivered) {
     assert!(
         d.missing.is_empty(),
@@ -837,6 +858,11 @@ pub fn assert_conserved(d: &Delivered) {
         d.inconsistent.is_empty(),
         "copies of one id differ in their identity fields: {:?}",
         &d.inconsistent[..d.inconsistent.len().min(10)]
+    );
+    assert!(
+        d.payload_mismatch.is_empty(),
+        "delivered properties differ from the posted ones: {:?}",
+        &d.payload_mismatch[..d.payload_mismatch.len().min(10)]
     );
 }
 
