@@ -219,6 +219,12 @@ pub async fn drive(plan: Plan, generator: Generator, progress: Arc<Progress>) ->
     out
 }
 
+/// The pacer's shortest sleep: at high rates it wakes at most 10,000 times a second and
+/// releases every slot that has come due (each wake-up is a context switch on a machine the
+/// router shares). A slot released up to this late is measured from its intended time, so
+/// the delay counts against the router's latency, never for it.
+const PACER_MIN_SLEEP: Duration = Duration::from_micros(100);
+
 /// The pacer: releases one permit per request slot at `start + k * interval`, then one stop
 /// permit per worker. Runs on its own thread with `std::thread::sleep`, whose resolution is
 /// tens of microseconds (tokio's timer has a 1 ms resolution).
@@ -246,7 +252,7 @@ fn pace(
             released = due;
         } else {
             let next = start + interval.mul_f64(released as f64);
-            std::thread::sleep(next.saturating_duration_since(now));
+            std::thread::sleep(next.saturating_duration_since(now).max(PACER_MIN_SLEEP));
         }
     }
     semaphore.add_permits(workers);
