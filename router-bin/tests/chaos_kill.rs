@@ -2,7 +2,7 @@
 //! events and small batches with unique UUIDv7 message ids to `events-router serve`; every id
 //! answered 2xx becomes an obligation. The router is SIGKILLed at random moments and restarted
 //! on the same data directory, some cycles with both mock destinations answering 503 so that a
-//! backlog exists at the kill. Then the faults are cleared, the router drains, and every
+//! backlog exists at the kill, some with slow destinations so that deliveries are in flight. Then the faults are cleared, the router drains, and every
 //! obligation must have reached every destination its routing names (duplicates allowed,
 //! counted, and identical in their identity fields); a fresh event after the last restart must
 //! arrive too.
@@ -51,9 +51,14 @@ async fn acknowledged_events_survive_repeated_sigkill() {
     let mut faulty_cycles = 0;
     let mut startup_max = Duration::ZERO;
     let mut early_kills = 0;
+    let mut slow_cycles = 0;
     for cycle in 0..cycles {
         // Every third cycle the destinations are down: the kill hits a backlog.
         let faulty = cycle % 3 == 1;
+        // Every third cycle the destinations are slow: deliveries are in flight at the kill.
+        let slow = cycle % 3 == 0;
+        slow_cycles += usize::from(slow);
+        mock.set_latency(Duration::from_millis(if slow { 150 } else { 0 }));
         mock.clear_faults();
         if faulty {
             faulty_cycles += 1;
@@ -115,6 +120,8 @@ async fn acknowledged_events_survive_repeated_sigkill() {
             "cycle {cycle:>2}: {} for {alive_ms} ms, acked so far {}",
             if faulty {
                 "destinations down"
+            } else if slow {
+                "destinations slow"
             } else {
                 "destinations up  "
             },
@@ -124,6 +131,7 @@ async fn acknowledged_events_survive_repeated_sigkill() {
 
     // The eventually phase: no faults, one more start, a fresh event, everything drains.
     mock.clear_faults();
+    mock.set_latency(Duration::ZERO);
     let router = Router::builder(&data).mock(&mock).config(&config).start();
     let client = http_client();
     let fresh = batch(counter.fetch_add(4, Ordering::Relaxed), 4, 0);
@@ -137,7 +145,7 @@ async fn acknowledged_events_survive_repeated_sigkill() {
     let drain = drain_started.elapsed();
     let outcomes = ledger.outcomes();
     println!(
-        "chaos_kill: {cycles} kill cycles ({faulty_cycles} with destinations down) and {early_kills} kills during start-up, {} requests {outcomes:?}, slowest start {} ms, drain {} ms, total {} ms",
+        "chaos_kill: {cycles} kill cycles ({faulty_cycles} with destinations down, {slow_cycles} slow) and {early_kills} kills during start-up, {} requests {outcomes:?}, slowest start {} ms, drain {} ms, total {} ms",
         outcomes.values().sum::<u64>(),
         startup_max.as_millis(),
         drain.as_millis(),
