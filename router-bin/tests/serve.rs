@@ -68,7 +68,11 @@ async fn seed_events_arrive_as_the_table_says_and_sigterm_drains() {
     assert_eq!(accepted, 11);
     let stats = mock
         .wait_until(
-            |s| s.posthog.events_accepted >= 5 && s.mixpanel.events_accepted >= 8,
+            |s| {
+                s.posthog.events_accepted >= 5
+                    && s.mixpanel.events_accepted >= 8
+                    && s.mixpanel.profile_updates_accepted >= 1
+            },
             Duration::from_secs(30),
         )
         .await
