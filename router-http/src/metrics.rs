@@ -491,7 +491,7 @@ fn render_log(m: &LogMetrics, out: &mut String) {
         out,
         "router_buffer_backlog_records",
         "gauge",
-        "Records not yet acknowledged by the destination.",
+        "Records at or after the destination's cursor (the shared log: records routed elsewhere count until the cursor passes them).",
     );
     for d in &m.destinations {
         let _ = writeln!(
