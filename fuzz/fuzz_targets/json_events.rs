@@ -460,6 +460,75 @@ impl Gen<'_, '_> {
         })
     }
 
+    /// One PostHog SDK event (posthog-js / posthog-node shape).
+    fn posthog_event(&mut self) -> Result<()> {
+        self.out.push('{');
+        let mut first = true;
+        for key in [
+            "event",
+            "distinct_id",
+            "properties",
+            "$set",
+            "$set_once",
+            "timestamp",
+            "uuid",
+            "offset",
+        ] {
+            let want = match key {
+                "event" | "distinct_id" => self.u.ratio(7u8, 8)?,
+                _ => self.u.ratio(1u8, 3)?,
+            };
+            if !want {
+                continue;
+            }
+            self.field(&mut first, key)?;
+            match key {
+                "event" => {
+                    if self.u.arbitrary()? {
+                        let n = *self.u.choose(&[
+                            "$identify",
+                            "$pageview",
+                            "$screen",
+                            "$create_alias",
+                            "$groupidentify",
+                            "$autocapture",
+                            "Sign Up",
+                        ])?;
+                        self.push_str_lit(n)?;
+                    } else {
+                        self.string()?;
+                    }
+                }
+                "distinct_id" | "uuid" => self.id()?,
+                "properties" => self.object(
+                    2,
+                    &[
+                        "$current_url",
+                        "$ip",
+                        "$set",
+                        "$anon_distinct_id",
+                        "$is_identified",
+                        "$device_id",
+                        "distinct_id",
+                        "$lib",
+                        "$groups",
+                        "alias",
+                        "$group_type",
+                        "$group_key",
+                        "$group_set",
+                        "$screen_name",
+                        "utm_source",
+                    ],
+                )?,
+                "$set" | "$set_once" => self.object(2, &["email", "name", "$email"])?,
+                "timestamp" => self.time()?,
+                _ => self.number()?,
+            }
+        }
+        self.out.push('}');
+        Ok(())
+    }
+
     fn ga4(&mut self) -> Result<Vec<Option<Clean>>> {
         self.out.push('{');
         let mut first = true;
@@ -600,6 +669,7 @@ enum Target {
     Collect,
     Segment(SegmentCall),
     Ga4,
+    Posthog,
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -608,7 +678,7 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn run(u: &mut Unstructured<'_>) -> Result<()> {
-    let shape = u.int_in_range(0u8..=5)?;
+    let shape = u.int_in_range(0u8..=7)?;
     let ws = u.ratio(1u8, 8)?;
     let mut g = Gen {
         u,
@@ -680,9 +750,35 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
                 Target::Collect
             }
         }
-        _ => {
+        4 | 5 => {
             clean = g.ga4()?;
             Target::Ga4
+        }
+        // PostHog: an array, a {"api_key", "batch"} envelope, or one event.
+        _ => {
+            let form = g.u.int_in_range(0u8..=2)?;
+            if form == 1 {
+                g.out.push_str("{\"api_key\":\"phc_k\",\"sent_at\":");
+                g.time()?;
+                g.out.push_str(",\"batch\":");
+            }
+            if form <= 1 {
+                g.out.push('[');
+                let n = g.u.int_in_range(0usize..=6)?;
+                for i in 0..n {
+                    if i > 0 {
+                        g.out.push(',');
+                    }
+                    g.posthog_event()?;
+                }
+                g.out.push(']');
+            } else {
+                g.posthog_event()?;
+            }
+            if form == 1 {
+                g.out.push('}');
+            }
+            Target::Posthog
         }
     };
     let text = g.out;
@@ -700,6 +796,7 @@ fn run(u: &mut Unstructured<'_>) -> Result<()> {
         Target::Collect => parser.parse_collect(&mut body, ctx),
         Target::Segment(call) => parser.parse_segment(call, &mut body, ctx),
         Target::Ga4 => parser.parse_ga4(&mut body, ctx),
+        Target::Posthog => parser.parse_posthog(&mut body, false, ctx),
     });
     if matches!(target, Target::Ga4) {
         let mut body = text.clone().into_bytes();

@@ -9,6 +9,7 @@
 //! | 7 | `parse_segment(Batch)` (`/v1/batch`) |
 //! | 8 | `parse_ga4` (`/mp/collect`) |
 //! | 9 | `validate_ga4` (`/debug/mp/collect`) |
+//! | 10, 11 | `parse_posthog` (`/capture/`, `/batch/`, ...), JSON or base64 body / form body |
 //!
 //! Invariants: no panic; every accepted event routes somewhere, round-trips through the buffer
 //! record, and maps to valid PostHog and Mixpanel records (see `check_event`).
@@ -26,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
     let p = pipeline();
     let parser = p.parser();
     let mut body = body.to_vec();
-    let result = match sel % 10 {
+    let result = match sel % 12 {
         0 => with_ingest(|ctx| parser.parse_collect(&mut body, ctx)),
         k @ 1..=6 => {
             let kind = Kind::ALL[usize::from(k - 1)];
@@ -34,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
         }
         7 => with_ingest(|ctx| parser.parse_segment(SegmentCall::Batch, &mut body, ctx)),
         8 => with_ingest(|ctx| parser.parse_ga4(&mut body, ctx)),
+        10 | 11 => with_ingest(|ctx| parser.parse_posthog(&mut body, sel % 12 == 11, ctx)),
         _ => {
             if let Ok(v) = parser.validate_ga4(&mut body) {
                 for m in &v.validation_messages {

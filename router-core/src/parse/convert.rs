@@ -30,6 +30,9 @@ pub(crate) struct Shared {
     pub context: Option<Object>,
     pub integrations: Option<Object>,
     pub sent_at: Option<Timestamp>,
+    /// Size of `context` and `integrations` (compact JSON, approximately); counts towards
+    /// each item's size cap, since each item carries a copy.
+    pub bytes: usize,
 }
 
 /// What conversion to `serde_json::Value` may run into.
@@ -129,7 +132,39 @@ fn static_to_json(s: StaticNode) -> Value {
     }
 }
 
-/// Converts a borrowed JSON value to `serde_json`, without caps (for request-level values).
+/// Converts a request-level value that is copied into every event (a batch's `context` and
+/// `integrations`, GA4's user property values and context fields) under the per-event caps:
+/// `depth` is the depth its parent has inside an event (1 for a value that becomes the
+/// event's `context`, 2 for one put inside it). Returns the value and its size, which counts
+/// towards each event's size cap; or the reason it is refused.
+///
+/// Without the depth cap (found while writing the fuzz targets' buffer round-trip check), a
+/// small body (under the size from which bodies are scanned for depth) could nest a batch
+/// `context` 200 levels deep; the events were accepted, and their buffer records could not be
+/// decoded (serde_json stops at 128 levels), so they could never be delivered.
+///
+/// `max_bytes` is the size cap applied (`usize::MAX` where the caller measures the exact size
+/// itself).
+pub(crate) fn capped_value_to_json(
+    v: &BorrowedValue<'_>,
+    depth: usize,
+    limits: &crate::config::Limits,
+    max_bytes: usize,
+) -> Result<(Value, usize), String> {
+    let mut b = Budget {
+        used: 0,
+        max_bytes,
+        max_depth: limits.max_depth,
+    };
+    match to_json(v, depth, &mut b) {
+        Ok(value) => Ok((value, b.used)),
+        Err(Overflow::Depth) => Err(format!("is nested deeper than {} levels", limits.max_depth)),
+        Err(Overflow::Size) => Err(format!("is larger than the event cap of {max_bytes} bytes")),
+    }
+}
+
+/// Converts a borrowed JSON value to `serde_json`, without caps (for values that are not
+/// kept in events).
 pub(crate) fn value_to_json(v: &BorrowedValue<'_>) -> Value {
     let mut b = Budget {
         used: 0,
@@ -235,7 +270,7 @@ impl Parser {
         };
         let lim = &self.limits;
         let mut budget = Budget {
-            used: 0,
+            used: shared.bytes,
             max_bytes: lim.max_event_bytes,
             max_depth: lim.max_depth,
         };

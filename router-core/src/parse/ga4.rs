@@ -8,7 +8,7 @@ use simd_json::prelude::*;
 use crate::enrich;
 use crate::error::{FieldError, RequestError};
 use crate::event::{Event, Kind, Source, is_placeholder_id};
-use crate::parse::convert::value_to_json;
+use crate::parse::convert::capped_value_to_json;
 use crate::parse::{Batch, Ingest, Item, Parser, parse_json};
 use crate::time::Timestamp;
 
@@ -156,13 +156,22 @@ impl Parser {
             None => return Err(RequestError::field_error("events", "is required")),
         };
         self.check_count(events.len())?;
+        // User properties and context fields are copied into every event: they are held to
+        // the per-event depth cap, and their size counts towards each event's size cap.
+        let capped = |key: &str, v: &BorrowedValue<'_>| {
+            capped_value_to_json(v, 2, &self.limits, self.limits.max_event_bytes)
+                .map_err(|reason| RequestError::field_error(key, reason))
+        };
+        let mut shared_bytes = 0;
         let mut traits = Map::new();
         match o.get("user_properties") {
             None => {}
             Some(BorrowedValue::Object(up)) => {
                 for (k, p) in up.iter() {
                     if let Some(val) = p.get("value") {
-                        traits.insert(k.to_string(), value_to_json(val));
+                        let (val, size) = capped("user_properties", val)?;
+                        shared_bytes += k.len() + 4 + size;
+                        traits.insert(k.to_string(), val);
                     }
                 }
             }
@@ -180,7 +189,9 @@ impl Parser {
         }
         for key in ["user_location", "device", "consent", "user_agent"] {
             if let Some(v) = o.get(key).filter(|v| !v.is_null()) {
-                context.insert(key.to_owned(), value_to_json(v));
+                let (v, size) = capped(key, v)?;
+                shared_bytes += key.len() + 4 + size;
+                context.insert(key.to_owned(), v);
             }
         }
         if let Some(mid) = o.get("measurement_id").and_then(|v| v.as_str()) {
@@ -195,8 +206,7 @@ impl Parser {
                     &anonymous_id,
                     &user_id,
                     request_ts,
-                    &traits,
-                    &context,
+                    (&traits, &context, shared_bytes),
                     ctx,
                 ) {
                     Ok(e) => Item::Accepted(e),
@@ -217,8 +227,7 @@ impl Parser {
         anonymous_id: &Option<String>,
         user_id: &Option<String>,
         request_ts: Option<Timestamp>,
-        traits: &crate::event::Object,
-        context: &crate::event::Object,
+        (traits, context, shared_bytes): (&crate::event::Object, &crate::event::Object, usize),
         ctx: &mut Ingest<'_>,
     ) -> Result<Event, FieldError> {
         let o = ev
@@ -238,6 +247,18 @@ impl Parser {
                 format!("is longer than {} characters", self.limits.max_name_chars),
             ));
         }
+        let too_big = || {
+            FieldError::new(
+                "$",
+                format!(
+                    "event is larger than the cap of {} bytes",
+                    self.limits.max_event_bytes
+                ),
+            )
+        };
+        if shared_bytes > self.limits.max_event_bytes {
+            return Err(too_big());
+        }
         let properties = match o.get("params") {
             None => Map::new(),
             Some(v) if v.is_null() => Map::new(),
@@ -248,19 +269,14 @@ impl Parser {
                         format!("has more than {} keys", self.limits.max_properties),
                     ));
                 }
-                let size = v.encode().len();
+                let size = v.encode().len() + shared_bytes;
                 if size > self.limits.max_event_bytes {
-                    return Err(FieldError::new(
-                        "$",
-                        format!(
-                            "event is larger than the cap of {} bytes",
-                            self.limits.max_event_bytes
-                        ),
-                    ));
+                    return Err(too_big());
                 }
-                match value_to_json(v) {
-                    Value::Object(m) => m,
-                    _ => Map::new(),
+                match capped_value_to_json(v, 1, &self.limits, usize::MAX) {
+                    Ok((Value::Object(m), _)) => m,
+                    Ok(_) => Map::new(),
+                    Err(reason) => return Err(FieldError::new("params", reason)),
                 }
             }
             Some(_) => return Err(FieldError::new("params", "must be a JSON object")),

@@ -15,7 +15,7 @@ use simd_json::prelude::*;
 use crate::enrich::{self, percent_decode};
 use crate::error::{FieldError, RequestError};
 use crate::event::{Event, Kind, Object, Source, is_placeholder_id};
-use crate::parse::convert::{time_field, value_to_json};
+use crate::parse::convert::{capped_value_to_json, time_field};
 use crate::parse::{Batch, Ingest, Item, Parser, parse_json};
 use crate::time::Timestamp;
 
@@ -169,9 +169,15 @@ impl Parser {
                 format!("is longer than {} characters", lim.max_name_chars),
             ));
         }
+        // Held to the depth cap: the buffer must be able to decode what it keeps (200 levels
+        // in a small body were accepted and could not be read back).
+        let capped = |key: &str, v: &BorrowedValue<'_>, depth: usize| {
+            capped_value_to_json(v, depth, lim, usize::MAX)
+                .map_err(|reason| FieldError::new(key, reason))
+        };
         let mut props = match o.get("properties") {
             None => Map::new(),
-            Some(p @ BorrowedValue::Object(_)) => match value_to_json(p) {
+            Some(p @ BorrowedValue::Object(_)) => match capped("properties", p, 1)?.0 {
                 Value::Object(m) => m,
                 _ => Map::new(),
             },
@@ -186,9 +192,9 @@ impl Parser {
         }
         for key in ["$set", "$set_once"] {
             if let Some(v @ BorrowedValue::Object(_)) = o.get(key) {
-                props
-                    .entry(key.to_owned())
-                    .or_insert_with(|| value_to_json(v));
+                if !props.contains_key(key) {
+                    props.insert(key.to_owned(), capped(key, v, 2)?.0);
+                }
             }
         }
         let distinct = str_of(o.get("distinct_id"))

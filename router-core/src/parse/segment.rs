@@ -3,9 +3,10 @@
 use simd_json::BorrowedValue;
 use simd_json::prelude::*;
 
+use crate::config::Limits;
 use crate::error::RequestError;
 use crate::event::{Kind, Source};
-use crate::parse::convert::{Shared, TypeRule, time_field, value_to_json};
+use crate::parse::convert::{Shared, TypeRule, capped_value_to_json, time_field};
 use crate::parse::{Batch, Ingest, Parser, parse_json};
 
 /// Which Segment endpoint a body was posted to.
@@ -39,20 +40,30 @@ fn write_key(o: &simd_json::borrowed::Object<'_>) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Reads the request-level `context`, `integrations` and `sentAt` of a batch envelope.
-fn shared(o: &simd_json::borrowed::Object<'_>) -> Result<Shared, RequestError> {
-    let obj = |key: &str| -> Result<_, RequestError> {
+/// Reads the request-level `context`, `integrations` and `sentAt` of a batch envelope. The
+/// objects are merged into every item, so they are held to the caps of an item's own.
+fn shared(o: &simd_json::borrowed::Object<'_>, limits: &Limits) -> Result<Shared, RequestError> {
+    let mut bytes = 0;
+    let mut obj = |key: &str| -> Result<_, RequestError> {
         match o.get(key) {
             None => Ok(None),
             Some(v) if v.is_null() => Ok(None),
-            Some(v @ BorrowedValue::Object(_)) => Ok(value_to_json(v).as_object().cloned()),
+            Some(v @ BorrowedValue::Object(_)) => {
+                let (value, size) = capped_value_to_json(v, 1, limits, limits.max_event_bytes)
+                    .map_err(|reason| RequestError::field_error(key, reason))?;
+                bytes += size;
+                Ok(value.as_object().cloned())
+            }
             Some(_) => Err(RequestError::field_error(key, "must be a JSON object")),
         }
     };
+    let context = obj("context")?;
+    let integrations = obj("integrations")?;
     Ok(Shared {
-        context: obj("context")?,
-        integrations: obj("integrations")?,
+        context,
+        integrations,
         sent_at: time_field(o, "sentAt").map_err(RequestError::Field)?,
+        bytes,
     })
 }
 
@@ -111,7 +122,9 @@ impl Parser {
         let (items, shared, key) = match &v {
             BorrowedValue::Array(a) => (a.as_slice(), Shared::default(), None),
             BorrowedValue::Object(o) => match o.get("batch") {
-                Some(BorrowedValue::Array(a)) => (a.as_slice(), shared(o)?, write_key(o)),
+                Some(BorrowedValue::Array(a)) => {
+                    (a.as_slice(), shared(o, &self.limits)?, write_key(o))
+                }
                 Some(_) => {
                     return Err(RequestError::field_error(
                         "batch",
