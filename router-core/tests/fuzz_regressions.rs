@@ -201,3 +201,49 @@ fn shared_values_count_towards_each_event_cap() {
         Item::Accepted(_) => panic!("a GA4 event over the cap with its user properties"),
     }
 }
+
+/// Found by `json_events` (duplicate-key check on every destination record): traits with
+/// both `firstName` and `first_name` (or `lastName`/`last_name`, `createdAt`/`created_at`)
+/// gave the Mixpanel `/engage` `$set` the key `$first_name` twice, leaving the value to
+/// whichever one Mixpanel's parser keeps. The first spelling in the table wins now, and a
+/// literal `$first_name` wins over both.
+#[test]
+fn mixpanel_profile_keys_are_not_duplicated() {
+    use router_core::map::{MixpanelEndpoint, mixpanel_records};
+    let p = pipeline();
+    let check = |traits: &str, want: serde_json::Value| {
+        let e = one(
+            &p,
+            &format!(r#"{{"type":"identify","userId":"u","traits":{traits}}}"#),
+        );
+        let mut out = Vec::new();
+        mixpanel_records(&e, p.mixpanel(), &mut out);
+        let engage = out
+            .iter()
+            .find(|r| r.endpoint == MixpanelEndpoint::Engage)
+            .expect("an /engage record");
+        let mut json = Vec::new();
+        engage.record.write_json(&mut json);
+        let text = String::from_utf8(json).unwrap();
+        for key in ["$first_name", "$last_name", "$created"] {
+            assert!(
+                text.matches(&format!("\"{key}\"")).count() <= 1,
+                "{key} twice in {text}"
+            );
+        }
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["$set"], want, "{text}");
+    };
+    check(
+        r#"{"firstName":"Ada","first_name":"Augusta","lastName":"L","last_name":"K","createdAt":1,"created_at":2}"#,
+        serde_json::json!({"$first_name":"Ada","$last_name":"L","$created":1}),
+    );
+    check(
+        r#"{"first_name":"Augusta","$first_name":"Literal"}"#,
+        serde_json::json!({"$first_name":"Literal"}),
+    );
+    check(
+        r#"{"first_name":"Augusta","email":"a@b.c"}"#,
+        serde_json::json!({"$first_name":"Augusta","$email":"a@b.c"}),
+    );
+}

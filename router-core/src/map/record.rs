@@ -144,9 +144,21 @@ impl Serialize for Field<'_> {
                         .iter()
                         .find(|(from, _)| from == k)
                         .map_or(k.as_str(), |p| p.1);
-                    // A renamed key must not collide with the same key given literally.
-                    if key != k && o.contains_key(key) {
-                        continue;
+                    if key != k {
+                        // A renamed key must not collide with the same key given literally,
+                        // nor with another spelling renamed to it (`firstName` and
+                        // `first_name`): the first spelling in the table wins. (Found by
+                        // fuzzing: the record had `$first_name` twice.)
+                        if o.contains_key(key) {
+                            continue;
+                        }
+                        let first = table
+                            .iter()
+                            .find(|(from, to)| *to == key && o.contains_key(*from))
+                            .map(|p| p.0);
+                        if first != Some(k.as_str()) {
+                            continue;
+                        }
                     }
                     m.serialize_entry(key, v)?;
                 }
