@@ -137,6 +137,10 @@ async fn deliver(mut rx: mpsc::UnboundedReceiver<Value>, posthog: bool, base: St
             };
             match request.send().await {
                 Ok(r) if r.status().is_success() => break,
+                // Destinations down (backlog mode): try again, as the router would.
+                Ok(r) if r.status().is_server_error() => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
                 Ok(r) => panic!(
                     "mock refused the stand-in's batch: {} {:?}",
                     r.status(),
@@ -343,4 +347,29 @@ async fn timed_run_reports_sustained_delivery() {
     );
     assert!(s.backlog_max < 2000, "{s:?}");
     assert!(report.timeline.len() >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_mode_holds_then_drains() {
+    let report = run_fake(Faults::default(), |o| Options {
+        events: Some(1000),
+        batch: 50,
+        backlog: true,
+        backlog_hold: 0.3,
+        ..o
+    })
+    .await;
+    assert!(report.passed(), "{}", report.table());
+    for d in report.delivery.values() {
+        // Nothing could be delivered while the destinations answered 503.
+        assert_eq!(d.backlog_at_load_end, d.ids.expected, "{}", report.table());
+        assert!(d.requests_by_status.get(&503).is_some_and(|n| *n > 0));
+    }
+    let b = report.backlog.as_ref().expect("backlog figures");
+    assert_eq!(b.events, 1000);
+    let drain = b.drain_seconds.expect("drained");
+    let first = b.first_delivery_after_seconds.expect("first delivery");
+    assert!(first <= drain && drain < 10.0, "{b:?}");
+    assert!(b.drain_per_sec.is_some() && b.drain_per_sec_after_first.is_some());
+    assert!(report.table().contains("events held"));
 }

@@ -166,6 +166,11 @@ pub struct BacklogFigures {
     pub drain_seconds: Option<f64>,
     /// Delivered events (summed over destinations) per second of drain.
     pub drain_per_sec: Option<f64>,
+    /// Seconds from clearing the faults to the first delivery: the router's retry backoff
+    /// (it grows over a long outage, up to `delivery.backoff_cap_ms`).
+    pub first_delivery_after_seconds: Option<f64>,
+    /// Delivered events per second from the first delivery to the last.
+    pub drain_per_sec_after_first: Option<f64>,
 }
 
 /// The machine during the load, to tell a quiet run from a contended one.
@@ -388,6 +393,10 @@ pub(super) fn build(i: Inputs<'_>) -> Report {
                 .map(|v| v.into_iter().fold(0.0, f64::max))
         });
         let pairs = (o.accepted[0].len() + o.accepted[1].len()) as u64;
+        let first = i
+            .delivery
+            .and_then(|d| d.first_progress)
+            .map(|t| t.saturating_duration_since(cleared).as_secs_f64());
         BacklogFigures {
             events: o.events_accepted,
             rss_held_mib: rss(&held),
@@ -395,6 +404,12 @@ pub(super) fn build(i: Inputs<'_>) -> Report {
             data_bytes_held: held.data_bytes,
             drain_seconds: drain,
             drain_per_sec: drain.filter(|s| *s > 0.0).map(|s| pairs as f64 / s),
+            first_delivery_after_seconds: first,
+            drain_per_sec_after_first: drain
+                .zip(first)
+                .map(|(d, f)| d - f)
+                .filter(|s| *s > 0.0)
+                .map(|s| pairs as f64 / s),
         }
     });
     Report {
@@ -551,13 +566,15 @@ impl Report {
         if let Some(b) = &self.backlog {
             let _ = writeln!(
                 t,
-                "backlog       {} events held | RSS {} MiB (peak {}) | data {} | drain {} s = {} deliveries/s",
+                "backlog       {} events held | RSS {} MiB (peak {}) | data {} | drain {} s = {} deliveries/s (first delivery {} s after the faults cleared; {} deliveries/s from then)",
                 b.events,
                 opt(b.rss_held_mib, 1),
                 opt(b.peak_rss_held_mib, 1),
                 mib(b.data_bytes_held),
                 opt(b.drain_seconds, 2),
-                opt(b.drain_per_sec, 0)
+                opt(b.drain_per_sec, 0),
+                opt(b.first_delivery_after_seconds, 2),
+                opt(b.drain_per_sec_after_first, 0)
             );
         }
         if let Some(s) = &self.sustained {

@@ -82,6 +82,8 @@ pub struct Delivery {
     pub complete_at: [Option<Instant>; 2],
     /// Whether everything expected arrived before the deadline.
     pub complete: bool,
+    /// The first poll that saw more events delivered than when the wait began (within 5 ms).
+    pub first_progress: Option<Instant>,
     /// The mocks' counters at the end.
     pub stats: Stats,
 }
@@ -112,9 +114,17 @@ pub async fn wait(
     let mut exact_done = [false, false];
     let mut checks: [IdCheck; 2] = Default::default();
     let mut last_exact: Option<Instant> = None;
+    let initial = {
+        let stats = mock.stats();
+        unique(&stats, 0) + unique(&stats, 1)
+    };
+    let mut first_progress = None;
     loop {
         let stats = mock.stats();
         let now = Instant::now();
+        if first_progress.is_none() && unique(&stats, 0) + unique(&stats, 1) > initial {
+            first_progress = Some(now);
+        }
         for i in 0..2 {
             if complete_at[i].is_none() && unique(&stats, i) >= wanted[i] {
                 complete_at[i] = Some(now);
@@ -146,6 +156,7 @@ pub async fn wait(
                     checks,
                     complete_at,
                     complete,
+                    first_progress,
                     stats: mock.stats(),
                 };
             }
