@@ -56,7 +56,7 @@ impl Default for DeliveryConfig {
             batch_max_events: 1000,
             batch_max_bytes: 1_000_000,
             linger_ms: 200,
-            concurrency: 4,
+            concurrency: 16,
             request_timeout_ms: 30_000,
             connect_timeout_ms: 10_000,
             backoff_base_ms: 1000,

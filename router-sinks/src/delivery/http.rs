@@ -1,11 +1,9 @@
 //! The HTTP plumbing shared by the PostHog and Mixpanel sinks: one pooled reqwest client
 //! (rustls), gzip, reading a bounded answer, and turning an answer into outcomes.
 
-use std::io::Write as _;
 use std::time::{Duration, SystemTime};
 
 use flate2::Compression;
-use flate2::write::GzEncoder;
 use reqwest::header::RETRY_AFTER;
 
 use super::config::DeliveryConfig;
@@ -55,13 +53,40 @@ pub(crate) fn base_url(destination: &str, host: &str) -> Result<String, Delivery
 }
 
 /// gzip of `data`, or `None` if compression failed (the caller sends it plain).
+///
+/// The deflate state (about 256 KiB that a new compressor allocates and zeroes) is kept per
+/// thread and reset between bodies: creating one per batch showed up as 13% of the router's
+/// CPU under load (page zeroing). The gzip header and trailer are written here (RFC 1952).
 pub(crate) fn gzip(data: &[u8]) -> Option<Vec<u8>> {
-    let mut enc = GzEncoder::new(
-        Vec::with_capacity(data.len() / 4 + 64),
-        Compression::new(GZIP_LEVEL),
-    );
-    enc.write_all(data).ok()?;
-    enc.finish().ok()
+    use flate2::{Compress, FlushCompress, Status};
+    thread_local! {
+        static DEFLATE: std::cell::RefCell<Compress> =
+            std::cell::RefCell::new(Compress::new(Compression::new(GZIP_LEVEL), false));
+    }
+    // Header: magic, deflate, no flags, no mtime, no extra flags, OS unknown.
+    let mut out = Vec::with_capacity(data.len() / 4 + 64);
+    out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]);
+    DEFLATE.with(|cell| {
+        let mut z = cell.try_borrow_mut().ok()?;
+        z.reset();
+        loop {
+            if out.capacity() - out.len() < 64 {
+                out.reserve(out.capacity().max(4096));
+            }
+            let consumed = usize::try_from(z.total_in()).ok()?;
+            let status = z
+                .compress_vec(&data[consumed..], &mut out, FlushCompress::Finish)
+                .ok()?;
+            if status == Status::StreamEnd {
+                return Some(());
+            }
+        }
+    })?;
+    out.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+    // ISIZE is the length modulo 2^32 by definition.
+    #[allow(clippy::cast_possible_truncation)]
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    Some(out)
 }
 
 /// A destination's answer.
@@ -161,5 +186,32 @@ mod tests {
             .read_to_end(&mut out)
             .unwrap();
         assert_eq!(out, data);
+    }
+
+    #[test]
+    fn gzip_reuses_its_state_across_bodies_of_any_size() {
+        // Pseudo-random bytes compress badly, so the output outgrows its first allocation.
+        let mut x: u32 = 7;
+        let noise: Vec<u8> = (0..300_000)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                (x >> 16) as u8
+            })
+            .collect();
+        for data in [
+            Vec::new(),
+            b"x".to_vec(),
+            noise,
+            br#"{"a":1}"#.repeat(50_000),
+        ] {
+            for _ in 0..2 {
+                let z = gzip(&data).unwrap();
+                let mut out = Vec::new();
+                flate2::read::GzDecoder::new(&z[..])
+                    .read_to_end(&mut out)
+                    .unwrap();
+                assert_eq!(out, data);
+            }
+        }
     }
 }
