@@ -36,10 +36,10 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 fn scratch() -> tempfile::TempDir {
     // tmpfs when there is one: fsync is free there and the target runs much faster.
     let shm = std::path::Path::new("/dev/shm");
-    if shm.is_dir() {
-        if let Ok(d) = tempfile::Builder::new().prefix("fuzz-log").tempdir_in(shm) {
-            return d;
-        }
+    if shm.is_dir()
+        && let Ok(d) = tempfile::Builder::new().prefix("fuzz-log").tempdir_in(shm)
+    {
+        return d;
     }
     tempfile::tempdir().expect("temp dir")
 }
