@@ -4,6 +4,7 @@
 use base64::Engine as _;
 use hyper::HeaderMap;
 use hyper::header::AUTHORIZATION;
+use router_core::enrich::percent_decode;
 
 /// A set of secrets (write keys or GA4 api secrets). Empty means "not required".
 #[derive(Clone, Default)]
@@ -74,37 +75,6 @@ pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (percent_decode(k) == name).then(|| percent_decode(v))
     })
-}
-
-/// Decodes `%XX` and `+` (form encoding); invalid escapes are kept as they are.
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// A key as it may appear in logs: its first four characters at most, then `…`.
