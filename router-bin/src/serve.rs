@@ -20,6 +20,10 @@ pub async fn run(config: Config, pipeline: Pipeline) -> Result<(), String> {
     let (log, _report) = Log::open(config.log_config(&destinations))
         .map_err(|e| format!("cannot open the buffer: {e}"))?;
     let specs = destination_specs(&config, &pipeline)?;
+    // Bind before delivery starts: a taken port fails fast, before anything is sent.
+    let listener = bind(&config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
     // Delivery says at start, per destination, whether it sends or writes an outbox file.
     let delivery = Delivery::start(&log, &config.data_dir, &config.delivery, specs)
         .map_err(|e| format!("cannot start delivery: {e}"))?;
@@ -31,9 +35,6 @@ pub async fn run(config: Config, pipeline: Pipeline) -> Result<(), String> {
     )
     .map_err(|e| format!("server.{e}"))?;
     state.add_metrics_source(Arc::new(DeliveryMetricsSource(delivery.metrics().to_vec())));
-    let listener = bind(&config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
 
     let served = router_http::serve(listener, state, shutdown_signal()).await;
     if let Err(e) = &served {
